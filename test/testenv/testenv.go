@@ -1,0 +1,196 @@
+// Package testenv runs kvnode's integration tests in a network namespace of
+// their own and runs the Azure SDK client program (test/sdkclient) for them.
+//
+// The namespace has only a loopback interface. Everything a test starts (the
+// Azure emulator, etcd, kube-apiserver, the product binaries) listens there,
+// and a client that is misconfigured and tries to reach Azure, the instance
+// metadata address 169.254.169.254 or any other address fails at once instead
+// of sending a packet from the machine.
+package testenv
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+const (
+	// envInNetns marks the re-executed test process.
+	envInNetns = "KVNODE_TEST_IN_NETNS"
+	// envNoNetns says why the tests run without a private namespace.
+	envNoNetns = "KVNODE_TEST_NO_NETNS"
+	// EnvSDKClient names a prebuilt sdkclient binary; Main builds one when unset.
+	EnvSDKClient = "KVNODE_SDKCLIENT"
+)
+
+// Main is called from a package's TestMain. As root it builds the SDK client,
+// then re-executes the test binary in a new network namespace with only
+// loopback up and exits with its status. Without root it runs the tests in
+// place, and the tests that need isolation skip with the reason.
+func Main(m *testing.M) {
+	if os.Getenv(envInNetns) == "1" {
+		if err := loopbackUp(); err != nil {
+			fmt.Fprintf(os.Stderr, "testenv: bring up loopback in the private network namespace: %v\n", err)
+			os.Exit(2)
+		}
+		os.Exit(m.Run())
+	}
+	if os.Geteuid() != 0 {
+		os.Setenv(envNoNetns, "needs root to create a private network namespace")
+		os.Exit(m.Run())
+	}
+	bin, cleanup, err := sdkClientBinary()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "testenv: %v\n", err)
+		os.Exit(2)
+	}
+	code := reexecInNetns(bin)
+	cleanup()
+	os.Exit(code)
+}
+
+// sdkClientBinary returns the path of the sdkclient program, building it from
+// this module when EnvSDKClient does not name one. It is built before entering
+// the namespace, where the Go module proxy cannot be reached.
+func sdkClientBinary() (string, func(), error) {
+	if p := os.Getenv(EnvSDKClient); p != "" {
+		return p, func() {}, nil
+	}
+	dir, err := os.MkdirTemp("", "kvnode-sdkclient-")
+	if err != nil {
+		return "", nil, err
+	}
+	bin := filepath.Join(dir, "sdkclient")
+	cmd := exec.Command("go", "build", "-o", bin, "github.com/kvnode/kvnode/test/sdkclient")
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		os.RemoveAll(dir)
+		return "", nil, fmt.Errorf("build sdkclient: %w", err)
+	}
+	return bin, func() { os.RemoveAll(dir) }, nil
+}
+
+func reexecInNetns(sdkclient string) int {
+	self, err := os.Executable()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "testenv: %v\n", err)
+		return 2
+	}
+	cmd := exec.Command(self, os.Args[1:]...)
+	cmd.Env = append(os.Environ(), envInNetns+"=1", EnvSDKClient+"="+sdkclient)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Run(); err != nil {
+		if ee, ok := err.(*exec.ExitError); ok {
+			return ee.ExitCode()
+		}
+		fmt.Fprintf(os.Stderr, "testenv: run tests in a private network namespace: %v\n", err)
+		return 2
+	}
+	return 0
+}
+
+// loopbackUp sets the IFF_UP flag on lo.
+func loopbackUp() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return err
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	return unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
+}
+
+// RequireNetns skips the test unless it runs in the private namespace.
+func RequireNetns(t testing.TB) {
+	t.Helper()
+	if os.Getenv(envInNetns) != "1" {
+		reason := os.Getenv(envNoNetns)
+		if reason == "" {
+			reason = "the package's TestMain does not call testenv.Main"
+		}
+		t.Skipf("skipped: %s", reason)
+	}
+}
+
+// SDKFailure is the error an sdkclient run reports.
+type SDKFailure struct {
+	Kind    string `json:"kind"`
+	Status  int    `json:"status"`
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// SDKResult is the outcome of one sdkclient run.
+type SDKResult struct {
+	Args     []string
+	Stdout   []byte
+	Stderr   []byte
+	ExitCode int
+	Duration time.Duration
+	// Err is set when the program reported a failure.
+	Err *SDKFailure
+}
+
+// Decode unmarshals the program's JSON result into v, failing the test if the
+// program failed.
+func (r SDKResult) Decode(t testing.TB, v any) {
+	t.Helper()
+	if r.Err != nil {
+		t.Fatalf("sdkclient %s failed: %+v\nstderr: %s", strings.Join(r.Args, " "), *r.Err, r.Stderr)
+	}
+	if err := json.Unmarshal(r.Stdout, v); err != nil {
+		t.Fatalf("sdkclient %s: decode %q: %v", strings.Join(r.Args, " "), r.Stdout, err)
+	}
+}
+
+// SDKClient runs the sdkclient program with args. Its environment is a minimal
+// base (PATH, HOME) plus env, so nothing from the caller's environment can send
+// it anywhere but where env says; pass the emulator's Env() and any AZURE_*
+// variables there.
+func SDKClient(t testing.TB, env []string, args ...string) SDKResult {
+	t.Helper()
+	RequireNetns(t)
+	bin := os.Getenv(EnvSDKClient)
+	if bin == "" {
+		t.Fatalf("testenv: %s is not set", EnvSDKClient)
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir()}, env...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	start := time.Now()
+	err := cmd.Run()
+	res := SDKResult{Args: args, Stdout: stdout.Bytes(), Stderr: stderr.Bytes(), Duration: time.Since(start)}
+	if err != nil {
+		ee, ok := err.(*exec.ExitError)
+		if !ok {
+			t.Fatalf("run sdkclient: %v", err)
+		}
+		res.ExitCode = ee.ExitCode()
+		var out struct {
+			Error *SDKFailure `json:"error"`
+		}
+		if jerr := json.Unmarshal(res.Stdout, &out); jerr != nil || out.Error == nil {
+			t.Fatalf("sdkclient %s exited %d without a JSON error: stdout %q stderr %q", strings.Join(args, " "), res.ExitCode, res.Stdout, res.Stderr)
+		}
+		res.Err = out.Error
+	}
+	return res
+}
