@@ -3,6 +3,7 @@ package emulator
 import (
 	"crypto/rand"
 	"crypto/rsa"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -55,7 +56,18 @@ func (s *tokenSigner) issue(p Principal, resource string, life time.Duration) (t
 			ID:        randomID(),
 		},
 	}
-	t := jwt.NewWithClaims(jwt.SigningMethodRS256, claims)
+	// Entra ID writes a single audience as a string, not a one-element array
+	// (jwt.ClaimStrings' default).
+	b, err := json.Marshal(claims)
+	if err != nil {
+		return "", AccessClaims{}, err
+	}
+	var m jwt.MapClaims
+	if err := json.Unmarshal(b, &m); err != nil {
+		return "", AccessClaims{}, err
+	}
+	m["aud"] = claims.Audience[0]
+	t := jwt.NewWithClaims(jwt.SigningMethodRS256, m)
 	t.Header["kid"] = s.keyID
 	token, err = t.SignedString(s.key)
 	return token, claims, err
