@@ -117,7 +117,7 @@ func TestSmokeWorkloadIdentity(t *testing.T) {
 		res := run(t, "intruder")
 		require.NotNil(t, res.Err, "intruder must not get a token")
 		assert.Equal(t, "auth", res.Err.Kind)
-		assert.Contains(t, res.Err.Message, "AADSTS70021")
+		assert.Contains(t, res.Err.Message, "AADSTS700213: No matching federated identity record found for presented assertion subject 'system:serviceaccount:demo:intruder'")
 		assert.Zero(t, emu.CountRequests(emulator.RequestFilter{
 			Service: emulator.ServiceKeyVault, Status: 200,
 		}), "no Key Vault read")

@@ -194,3 +194,27 @@ func TestControlSurfaceErrors(t *testing.T) {
 		})
 	}
 }
+
+// A shell that exported the emulator's proxy variables sends control
+// requests through the proxy (curl proxies loopback too); they must still
+// reach the control surface, and other loopback ports must not.
+func TestControlSurfaceThroughTheProxy(t *testing.T) {
+	e, err := Start(Options{Dir: t.TempDir()})
+	require.NoError(t, err)
+	t.Cleanup(func() { e.Close() })
+	proxy, err := url.Parse(e.ProxyURL())
+	require.NoError(t, err)
+	c := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(proxy)}}
+
+	resp, err := c.Get(e.ProxyURL() + "/control/env")
+	require.NoError(t, err)
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	assert.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.Contains(t, string(body), e.CAFile())
+
+	resp, err = c.Get("http://127.0.0.1:1/control/env")
+	require.NoError(t, err)
+	resp.Body.Close()
+	assert.Equal(t, http.StatusMisdirectedRequest, resp.StatusCode)
+}

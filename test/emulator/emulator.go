@@ -206,6 +206,12 @@ func (e *Emulator) serveProxy(w http.ResponseWriter, r *http.Request) {
 			e.imds.ServeHTTP(w, r)
 			return
 		}
+		if e.isSelf(r.URL.Host) && strings.HasPrefix(r.URL.Path, "/control/") {
+			// A client that exported the proxy variables reaches the
+			// control surface through the proxy itself.
+			e.serveControl(w, r)
+			return
+		}
 		e.refuseHost(w, r, "http")
 	case strings.HasPrefix(r.URL.Path, "/control/"):
 		e.serveControl(w, r)
@@ -306,6 +312,17 @@ func (e *Emulator) untrack(c net.Conn) {
 	e.mu.Lock()
 	delete(e.tunnels, c)
 	e.mu.Unlock()
+}
+
+// isSelf reports whether hostport names the emulator's own listener.
+func (e *Emulator) isSelf(hostport string) bool {
+	host, port, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return false
+	}
+	_, myPort, _ := net.SplitHostPort(e.Addr())
+	ip := net.ParseIP(host)
+	return port == myPort && (host == "localhost" || ip != nil && (ip.IsLoopback() || ip.Equal(e.ln.Addr().(*net.TCPAddr).IP)))
 }
 
 // hostOnly strips a port from host:port.
