@@ -263,7 +263,7 @@ func federatedCredentials(fcs []FederatedCredentialConfig) ([]FederatedCredentia
 		case fc.Subject == "":
 			return nil, fieldError(fmt.Sprintf("federatedCredentials[%d].subject", i), "required")
 		}
-		out = append(out, FederatedCredential{Issuer: fc.Issuer, Subject: fc.Subject, Audiences: fc.Audiences})
+		out = append(out, FederatedCredential(fc))
 	}
 	return out, nil
 }

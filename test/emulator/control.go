@@ -455,21 +455,7 @@ func (e *Emulator) controlClearEntraFaults(w http.ResponseWriter, _ *http.Reques
 	return nil
 }
 
-// requestJSON is a recorded request on the wire.
-type requestJSON struct {
-	Time     time.Time `json:"time"`
-	Service  Service   `json:"service"`
-	Host     string    `json:"host"`
-	Method   string    `json:"method"`
-	Path     string    `json:"path"`
-	Status   int       `json:"status"`
-	Vault    string    `json:"vault,omitempty"`
-	Object   string    `json:"object,omitempty"`
-	Identity string    `json:"identity,omitempty"`
-	Tenant   string    `json:"tenant,omitempty"`
-	Grant    string    `json:"grant,omitempty"`
-}
-
+// controlRequests lists the request log, filtered by the query parameters.
 func (e *Emulator) controlRequests(w http.ResponseWriter, r *http.Request) error {
 	q := r.URL.Query()
 	for name := range q {
@@ -500,11 +486,9 @@ func (e *Emulator) controlRequests(w http.ResponseWriter, r *http.Request) error
 		}
 		f.Since = t
 	}
-	reqs := e.Requests(f)
-	out := make([]requestJSON, 0, len(reqs))
-	for _, rq := range reqs {
-		out = append(out, requestJSON{Time: rq.Time, Service: rq.Service, Host: rq.Host, Method: rq.Method, Path: rq.Path,
-			Status: rq.Status, Vault: rq.Vault, Object: rq.Object, Identity: rq.Identity, Tenant: rq.Tenant, Grant: rq.Grant})
+	out := e.Requests(f)
+	if out == nil {
+		out = []Request{}
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"count": len(out), "requests": out})
 	return nil

@@ -19,23 +19,23 @@ const (
 // Request is one request the emulator answered. Tests count these to prove how
 // many calls a client made; no secret or token is kept.
 type Request struct {
-	Time    time.Time
-	Service Service
-	Host    string
-	Method  string
-	Path    string
-	Status  int
+	Time    time.Time `json:"time"`
+	Service Service   `json:"service"`
+	Host    string    `json:"host"`
+	Method  string    `json:"method"`
+	Path    string    `json:"path"`
+	Status  int       `json:"status"`
 	// Vault and Object are set for Key Vault requests ("secrets/NAME",
 	// "keys/NAME", "certificates/NAME").
-	Vault  string
-	Object string
+	Vault  string `json:"vault,omitempty"`
+	Object string `json:"object,omitempty"`
 	// Identity is the client ID the request acted as or asked for, when known.
-	Identity string
+	Identity string `json:"identity,omitempty"`
 	// Tenant is the tenant of an Entra ID request, when known.
-	Tenant string
+	Tenant string `json:"tenant,omitempty"`
 	// Grant is the token request's grant, for Entra ID token requests:
 	// "client_secret", "client_assertion".
-	Grant string
+	Grant string `json:"grant,omitempty"`
 }
 
 // RequestFilter selects requests; an empty field matches everything.
