@@ -1,0 +1,168 @@
+package keyvault
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
+)
+
+// Kind classifies a fetch error so that a front door can answer with the
+// right status (the CSI node server maps each Kind to one gRPC code).
+type Kind int
+
+// Error kinds. The comments give the gRPC code a CSI server should use.
+const (
+	// KindUnknown is an error this package did not produce. (Unknown)
+	KindUnknown Kind = iota
+	// KindInvalid: the request or an object's options are wrong, or Key Vault
+	// refused the request as malformed (400). (InvalidArgument)
+	KindInvalid
+	// KindNotFound: the object or version does not exist (404), or the
+	// vault's host name does not resolve. (NotFound)
+	KindNotFound
+	// KindPermissionDenied: the identity may not read the object (403), or
+	// the object (version) is disabled. (PermissionDenied)
+	KindPermissionDenied
+	// KindThrottled: Key Vault throttled the identity or vault (429).
+	// (ResourceExhausted)
+	KindThrottled
+	// KindUnavailable: a transport error, a timeout of one try, or a 5xx.
+	// (Unavailable)
+	KindUnavailable
+	// KindAuthentication: the credential could not get a token (Entra ID
+	// refused it, or the identity endpoint failed), or Key Vault refused the
+	// token (401). (Unauthenticated or PermissionDenied)
+	KindAuthentication
+	// KindConversion: the object was fetched but cannot be written as asked:
+	// a value that is not valid base64 or hex, an unsupported key type, a PFX
+	// that does not decode. (FailedPrecondition)
+	KindConversion
+	// KindCanceled: the caller's context ended. (DeadlineExceeded or
+	// Canceled, as the context error says)
+	KindCanceled
+)
+
+func (k Kind) String() string {
+	switch k {
+	case KindUnknown:
+		return "Unknown"
+	case KindInvalid:
+		return "Invalid"
+	case KindNotFound:
+		return "NotFound"
+	case KindPermissionDenied:
+		return "PermissionDenied"
+	case KindThrottled:
+		return "Throttled"
+	case KindUnavailable:
+		return "Unavailable"
+	case KindAuthentication:
+		return "Authentication"
+	case KindConversion:
+		return "Conversion"
+	case KindCanceled:
+		return "Canceled"
+	}
+	return fmt.Sprintf("Kind(%d)", int(k))
+}
+
+// Error is the error Fetch returns for one object. It unwraps to the cause,
+// so errors.As still finds an *azcore.ResponseError or an
+// *azidentity.AuthenticationFailedError. Its message names the object type,
+// vault and object, never a value or a token.
+type Error struct {
+	Kind Kind
+	// Op is what failed: "fetch", "list versions of", "convert"; or, for
+	// a request that names no object, "fetch from vault".
+	Op    string
+	Type  ObjectType
+	Vault string
+	// Object is the object's name (and "@version" for a specific version).
+	Object string
+	Err    error
+}
+
+func (e *Error) Error() string {
+	if e.Object == "" {
+		return fmt.Sprintf("%s %s: %s", e.Op, e.Vault, describe(e.Err))
+	}
+	return fmt.Sprintf("%s %s %s/%s: %s", e.Op, e.Type, e.Vault, e.Object, describe(e.Err))
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// describe is a one-line account of err. An *azcore.ResponseError prints
+// the whole response; this keeps the status and Key Vault's error code.
+func describe(err error) string {
+	var re *azcore.ResponseError
+	if errors.As(err, &re) {
+		var af *azidentity.AuthenticationFailedError
+		if !errors.As(err, &af) {
+			code := re.ErrorCode
+			if code == "" {
+				code = http.StatusText(re.StatusCode)
+			}
+			return fmt.Sprintf("Key Vault answered %d (%s)", re.StatusCode, code)
+		}
+	}
+	return err.Error()
+}
+
+// Classify returns the Kind of err: the Kind of an *Error in its chain, or
+// the kind its cause suggests.
+func Classify(err error) Kind {
+	if err == nil {
+		return KindUnknown
+	}
+	var e *Error
+	if errors.As(err, &e) && e.Kind != KindUnknown {
+		return e.Kind
+	}
+	return classifyCause(err)
+}
+
+// classifyCause looks at an error from the Azure SDK.
+func classifyCause(err error) Kind {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		// A try timeout (RetryOptions.TryTimeout) also ends in
+		// DeadlineExceeded; Fetch tells the two apart by its own context.
+		return KindCanceled
+	}
+	var af *azidentity.AuthenticationFailedError
+	if errors.As(err, &af) {
+		return KindAuthentication
+	}
+	var re *azcore.ResponseError
+	if errors.As(err, &re) {
+		return classifyStatus(re.StatusCode)
+	}
+	var dns *net.DNSError
+	if errors.As(err, &dns) && dns.IsNotFound {
+		return KindNotFound
+	}
+	// Whatever else the pipeline returns is a transport failure.
+	return KindUnavailable
+}
+
+func classifyStatus(status int) Kind {
+	switch {
+	case status == http.StatusUnauthorized:
+		return KindAuthentication
+	case status == http.StatusForbidden:
+		return KindPermissionDenied
+	case status == http.StatusNotFound:
+		return KindNotFound
+	case status == http.StatusTooManyRequests:
+		return KindThrottled
+	case status == http.StatusRequestTimeout || status >= 500:
+		return KindUnavailable
+	case status >= 400:
+		return KindInvalid
+	}
+	return KindUnavailable
+}

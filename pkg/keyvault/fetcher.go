@@ -1,0 +1,475 @@
+package keyvault
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"golang.org/x/sync/errgroup"
+	"k8s.io/klog/v2"
+)
+
+// Defaults of Options.
+const (
+	DefaultMaxParallel = 8
+	DefaultMaxClients  = 256
+)
+
+// DefaultRetryOptions is the retry policy Fetch uses when
+// Options.ClientOptions.Retry is left zero. The SDK's own default (3 retries, delays growing from 0.8 s
+// to 60 s, any Retry-After honoured) suits a batch job, not a mount: kubelet
+// calls NodePublishVolume again anyway, and a pod waiting a minute on a
+// throttled vault is worse than a quick ResourceExhausted. So: at most 2
+// retries, 200 ms then 400 ms apart (capped at 2 s), a Retry-After longer
+// than 2 s ends the call at once (the SDK does not retry when Retry-After
+// exceeds MaxRetryDelay), and one try may take 15 s so that a hung
+// connection leaves room for a retry. The caller's context bounds it all.
+func DefaultRetryOptions() policy.RetryOptions {
+	return policy.RetryOptions{
+		MaxRetries:    2,
+		TryTimeout:    15 * time.Second,
+		RetryDelay:    200 * time.Millisecond,
+		MaxRetryDelay: 2 * time.Second,
+	}
+}
+
+// Options configure a Fetcher.
+type Options struct {
+	// ClientOptions are passed to every SDK client. Leave Transport nil in
+	// production (the default client honours HTTPS_PROXY and the system
+	// roots); set it to an *http.Client with a proxy and extra root CAs to go
+	// through a corporate proxy, or the project's Azure emulator. Retry zero
+	// means DefaultRetryOptions.
+	ClientOptions azcore.ClientOptions
+	// MaxParallel bounds the requests one Fetch has in flight; default
+	// DefaultMaxParallel.
+	MaxParallel int
+	// MaxClients bounds the cached (vault, identity) client sets, least
+	// recently used dropped first; default DefaultMaxClients.
+	MaxClients int
+}
+
+// Fetcher fetches Key Vault objects and converts them into files. It keeps
+// the SDK clients of each (vault, identity) it has served, so a later Fetch
+// for the same pair skips the 401 challenge and reuses the bearer token. It
+// is safe for concurrent use.
+type Fetcher struct {
+	parallel int
+	clients  *clientCache
+}
+
+// NewFetcher returns a Fetcher.
+func NewFetcher(opts Options) *Fetcher {
+	if retryUnset(opts.ClientOptions.Retry) {
+		opts.ClientOptions.Retry = DefaultRetryOptions()
+	}
+	if opts.MaxParallel <= 0 {
+		opts.MaxParallel = DefaultMaxParallel
+	}
+	if opts.MaxClients <= 0 {
+		opts.MaxClients = DefaultMaxClients
+	}
+	return &Fetcher{parallel: opts.MaxParallel, clients: newClientCache(opts.ClientOptions, opts.MaxClients)}
+}
+
+func retryUnset(r policy.RetryOptions) bool {
+	return r.MaxRetries == 0 && r.TryTimeout == 0 && r.RetryDelay == 0 && r.MaxRetryDelay == 0 &&
+		r.StatusCodes == nil && r.ShouldRetry == nil
+}
+
+// Request says what to fetch, from where, as whom.
+type Request struct {
+	// VaultURL is https://<vault>.<dns suffix>/ (see VaultURL).
+	VaultURL string
+	// Credential gets tokens for the vault.
+	Credential azcore.TokenCredential
+	// IdentityKey names the identity behind Credential, stably across calls
+	// (for example "sp/<tenant>/<client id>" or "wi/<tenant>/<client
+	// id>/<namespace>/<service account>"): requests with the same key share
+	// cached SDK clients and their tokens, so two credentials with the same
+	// key must be interchangeable. The cached clients use the latest
+	// Credential passed with that key. Empty disables the reuse.
+	IdentityKey string
+	Objects     []Object
+}
+
+// File is one file to write, relative to the mount.
+type File struct {
+	// Path is slash-separated and relative: the object's FileName, or
+	// FileName/<i> for a version history.
+	Path    string
+	Content []byte
+	Mode    os.FileMode
+}
+
+// ObjectVersion is the version of one object as written, for the
+// SecretProviderClassPodStatus.
+type ObjectVersion struct {
+	// ID is "<type>/<name>" ("secret/db-password"); for a version history
+	// "<type>/<name>/<i>", one for each file.
+	ID      string
+	Version string
+}
+
+// Result is what a Fetch produced: all the files, or none.
+type Result struct {
+	// Files in the order of Request.Objects, a history's files 0 to N-1.
+	Files []File
+	// Versions parallels Files.
+	Versions []ObjectVersion
+}
+
+// job is one GET: an object, or one version of an object's history.
+type job struct {
+	obj     *Object
+	version string
+	path    string
+	id      string
+}
+
+// Fetch fetches every object of req and converts it. If any object fails,
+// it returns an error and no files: an *Error naming the object (Classify
+// tells its Kind; errors.As finds the SDK's error behind it). Requests run
+// in parallel, at most Options.MaxParallel at a time; ctx bounds all of it,
+// retries included.
+//
+// An object with VersionHistory > 1 is listed first (this needs the list
+// permission) and its newest VersionHistory enabled versions, by creation
+// time, are fetched; its Version is not used.
+func (f *Fetcher) Fetch(ctx context.Context, req Request) (*Result, error) {
+	start := time.Now()
+	vaultURL, vault, err := normalizeVaultURL(req.VaultURL)
+	if err != nil {
+		return nil, &Error{Kind: KindInvalid, Op: "fetch from vault", Vault: req.VaultURL, Err: err}
+	}
+	if req.Credential == nil {
+		return nil, &Error{Kind: KindInvalid, Op: "fetch from vault", Vault: vault, Err: errors.New("no credential")}
+	}
+	if err := validateObjects(req.Objects); err != nil {
+		return nil, &Error{Kind: KindInvalid, Op: "fetch from vault", Vault: vault, Err: err}
+	}
+	vc, err := f.clients.get(clientKey{vaultURL: vaultURL, identity: req.IdentityKey}, req.Credential)
+	if err != nil {
+		return nil, &Error{Kind: KindInvalid, Op: "fetch from vault", Vault: vault, Err: err}
+	}
+	s := &session{ctx: ctx, vault: vault, vc: vc}
+
+	// Phase 1: list the versions of each version history.
+	histories := make([][]string, len(req.Objects))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(f.parallel)
+	for i := range req.Objects {
+		o := &req.Objects[i]
+		if o.VersionHistory <= 1 {
+			continue
+		}
+		g.Go(func() error {
+			vs, err := s.listVersions(gctx, o)
+			histories[i] = vs
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+
+	// Phase 2: one GET per file.
+	var jobs []job
+	for i := range req.Objects {
+		o := &req.Objects[i]
+		id := string(o.Type) + "/" + o.Name
+		if o.VersionHistory <= 1 {
+			jobs = append(jobs, job{obj: o, version: o.Version, path: o.FileName(), id: id})
+			continue
+		}
+		for n, v := range histories[i] {
+			jobs = append(jobs, job{obj: o, version: v, path: o.FileName() + "/" + strconv.Itoa(n), id: id + "/" + strconv.Itoa(n)})
+		}
+	}
+	res := &Result{Files: make([]File, len(jobs)), Versions: make([]ObjectVersion, len(jobs))}
+	g, gctx = errgroup.WithContext(ctx)
+	g.SetLimit(f.parallel)
+	for i := range jobs {
+		j := &jobs[i]
+		g.Go(func() error {
+			content, version, err := s.get(gctx, j.obj, j.version)
+			if err != nil {
+				return err
+			}
+			mode := j.obj.FileMode
+			if mode == 0 {
+				mode = DefaultFileMode
+			}
+			res.Files[i] = File{Path: j.path, Content: content, Mode: mode}
+			res.Versions[i] = ObjectVersion{ID: j.id, Version: version}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	klog.FromContext(ctx).V(4).Info("Fetched Key Vault objects", "vault", vault, "objects", len(req.Objects), "files", len(res.Files), "duration", time.Since(start))
+	return res, nil
+}
+
+// session is one Fetch's view of a vault.
+type session struct {
+	ctx   context.Context // the caller's, to tell its end from a try timeout
+	vault string
+	vc    *vaultClients
+}
+
+// fail wraps an error about obj.
+func (s *session) fail(op string, obj *Object, version string, kind Kind, err error) error {
+	name := obj.Name
+	if version != "" {
+		name += "@" + version
+	}
+	if kind == KindUnknown {
+		kind = classifyCause(err)
+		if kind == KindCanceled && s.ctx.Err() == nil {
+			// A try timed out, or a sibling failed first; not the caller's end.
+			kind = KindUnavailable
+		}
+	}
+	return &Error{Kind: kind, Op: op, Type: obj.Type, Vault: s.vault, Object: name, Err: err}
+}
+
+// get fetches one version (empty: the latest) of obj and converts it.
+func (s *session) get(ctx context.Context, obj *Object, version string) ([]byte, string, error) {
+	var (
+		content []byte
+		got     string
+		convErr error
+	)
+	switch obj.Type {
+	case TypeSecret:
+		err := s.vc.secretsFirst.do(ctx, func() error {
+			resp, err := s.vc.secrets.GetSecret(ctx, obj.Name, version, nil)
+			if err != nil {
+				return err
+			}
+			if resp.ID != nil {
+				got = resp.ID.Version()
+			}
+			if resp.Value == nil {
+				convErr = errors.New("the secret has no value")
+				return nil
+			}
+			ct := ""
+			if resp.ContentType != nil {
+				ct = *resp.ContentType
+			}
+			content, convErr = SecretContent(*obj, *resp.Value, ct)
+			return nil
+		})
+		if err != nil {
+			return nil, "", s.fail("fetch", obj, version, KindUnknown, err)
+		}
+	case TypeKey:
+		err := s.vc.keysFirst.do(ctx, func() error {
+			resp, err := s.vc.keys.GetKey(ctx, obj.Name, version, nil)
+			if err != nil {
+				return err
+			}
+			if resp.Key != nil && resp.Key.KID != nil {
+				got = resp.Key.KID.Version()
+			}
+			content, convErr = KeyPEM(resp.Key)
+			return nil
+		})
+		if err != nil {
+			return nil, "", s.fail("fetch", obj, version, KindUnknown, err)
+		}
+	case TypeCert:
+		err := s.vc.certsFirst.do(ctx, func() error {
+			resp, err := s.vc.certs.GetCertificate(ctx, obj.Name, version, nil)
+			if err != nil {
+				return err
+			}
+			if resp.ID != nil {
+				got = resp.ID.Version()
+			}
+			content, convErr = CertificatePEM(resp.CER)
+			return nil
+		})
+		if err != nil {
+			return nil, "", s.fail("fetch", obj, version, KindUnknown, err)
+		}
+	}
+	if convErr != nil {
+		return nil, "", s.fail("convert", obj, version, KindConversion, convErr)
+	}
+	return content, got, nil
+}
+
+// versionInfo is one version from a versions listing.
+type versionInfo struct {
+	version string
+	created time.Time
+}
+
+// listVersions returns the newest obj.VersionHistory enabled versions of
+// obj, newest first. Key Vault lists versions in no useful order; they are
+// sorted by creation time.
+func (s *session) listVersions(ctx context.Context, obj *Object) ([]string, error) {
+	var all []versionInfo
+	add := func(enabled *bool, created *time.Time, version string) {
+		if enabled != nil && !*enabled || version == "" {
+			return
+		}
+		vi := versionInfo{version: version}
+		if created != nil {
+			vi.created = *created
+		}
+		all = append(all, vi)
+	}
+	var err error
+	switch obj.Type {
+	case TypeSecret:
+		err = s.vc.secretsFirst.do(ctx, func() error {
+			p := s.vc.secrets.NewListSecretPropertiesVersionsPager(obj.Name, nil)
+			for p.More() {
+				page, err := p.NextPage(ctx)
+				if err != nil {
+					return err
+				}
+				for _, it := range page.Value {
+					if it == nil || it.ID == nil {
+						continue
+					}
+					var en *bool
+					var cr *time.Time
+					if it.Attributes != nil {
+						en, cr = it.Attributes.Enabled, it.Attributes.Created
+					}
+					add(en, cr, it.ID.Version())
+				}
+			}
+			return nil
+		})
+	case TypeKey:
+		err = s.vc.keysFirst.do(ctx, func() error {
+			p := s.vc.keys.NewListKeyPropertiesVersionsPager(obj.Name, nil)
+			for p.More() {
+				page, err := p.NextPage(ctx)
+				if err != nil {
+					return err
+				}
+				for _, it := range page.Value {
+					if it == nil || it.KID == nil {
+						continue
+					}
+					var en *bool
+					var cr *time.Time
+					if it.Attributes != nil {
+						en, cr = it.Attributes.Enabled, it.Attributes.Created
+					}
+					add(en, cr, it.KID.Version())
+				}
+			}
+			return nil
+		})
+	case TypeCert:
+		err = s.vc.certsFirst.do(ctx, func() error {
+			p := s.vc.certs.NewListCertificatePropertiesVersionsPager(obj.Name, nil)
+			for p.More() {
+				page, err := p.NextPage(ctx)
+				if err != nil {
+					return err
+				}
+				for _, it := range page.Value {
+					if it == nil || it.ID == nil {
+						continue
+					}
+					var en *bool
+					var cr *time.Time
+					if it.Attributes != nil {
+						en, cr = it.Attributes.Enabled, it.Attributes.Created
+					}
+					add(en, cr, it.ID.Version())
+				}
+			}
+			return nil
+		})
+	}
+	if err != nil {
+		return nil, s.fail("list versions of", obj, "", KindUnknown, err)
+	}
+	if len(all) == 0 {
+		return nil, s.fail("list versions of", obj, "", KindNotFound, errors.New("no enabled version"))
+	}
+	sort.SliceStable(all, func(i, j int) bool { return all[i].created.After(all[j].created) })
+	if len(all) > obj.VersionHistory {
+		all = all[:obj.VersionHistory]
+	}
+	out := make([]string, len(all))
+	for i, v := range all {
+		out[i] = v.version
+	}
+	return out, nil
+}
+
+// objectNameRE is Key Vault's rule for object names.
+var objectNameRE = regexp.MustCompile(`^[0-9a-zA-Z-]{1,127}$`)
+
+// validateObjects checks what the front doors should already have checked:
+// Fetch is the last stop before names become URL paths and file names.
+func validateObjects(objs []Object) error {
+	if len(objs) == 0 {
+		return errors.New("no objects")
+	}
+	seen := make(map[string]bool, len(objs))
+	for _, o := range objs {
+		if !objectNameRE.MatchString(o.Name) {
+			return fmt.Errorf("object name %q: must be 1-127 letters, digits and hyphens", o.Name)
+		}
+		switch o.Type {
+		case TypeSecret, TypeKey, TypeCert:
+		default:
+			return fmt.Errorf("object %s: type %q is not secret, key or cert", o.Name, o.Type)
+		}
+		if _, err := normalizeFormat(o.Format); err != nil {
+			return fmt.Errorf("object %s: %w", o.Name, err)
+		}
+		if _, err := normalizeEncoding(o.Encoding); err != nil {
+			return fmt.Errorf("object %s: %w", o.Name, err)
+		}
+		if o.VersionHistory < 0 {
+			return fmt.Errorf("object %s: objectVersionHistory %d is negative", o.Name, o.VersionHistory)
+		}
+		if o.FileMode&^os.ModePerm != 0 {
+			return fmt.Errorf("object %s: file permission %o is not a permission", o.Name, o.FileMode)
+		}
+		name := o.FileName()
+		if err := validFileName(name); err != nil {
+			return fmt.Errorf("object %s: %w", o.Name, err)
+		}
+		if seen[name] {
+			return fmt.Errorf("object %s: file name %q is used by another object", o.Name, name)
+		}
+		seen[name] = true
+	}
+	return nil
+}
+
+func validFileName(name string) error {
+	if name == "" || strings.HasPrefix(name, "/") || path.Clean(name) != name || name == "." {
+		return fmt.Errorf("file name %q must be a clean relative path", name)
+	}
+	for _, el := range strings.Split(name, "/") {
+		if el == ".." || strings.HasPrefix(el, "..") {
+			return fmt.Errorf("file name %q must not contain \"..\" (nor begin an element with it: the atomic writer uses ..data)", name)
+		}
+	}
+	return nil
+}
