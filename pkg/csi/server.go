@@ -1,0 +1,127 @@
+// Package csi is kvdriver's CSI node plugin: the Identity and Node services on
+// a unix socket. It validates what kubelet sends, finds the pod's
+// SecretProviderClass, and hands the mount to the volume publisher; it maps
+// every failure to a deliberate gRPC code.
+package csi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	csipb "github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/kubernetes-csi/csi-lib-utils/protosanitizer"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
+	"k8s.io/klog/v2"
+)
+
+// DefaultDriverName is the upstream secrets-store CSI driver's name, so that
+// existing pod specs and CSIDriver objects keep working.
+const DefaultDriverName = "secrets-store.csi.k8s.io"
+
+// ParseEndpoint splits a CSI endpoint such as unix:///csi/csi.sock into the
+// network and address for net.Listen. Only unix sockets are accepted: a CSI
+// node plugin talks to kubelet on the node, never over the network.
+func ParseEndpoint(endpoint string) (network, address string, err error) {
+	u, err := url.Parse(endpoint)
+	if err != nil {
+		return "", "", fmt.Errorf("endpoint %q: %w", endpoint, err)
+	}
+	if u.Scheme != "unix" {
+		return "", "", fmt.Errorf("endpoint %q: scheme must be unix", endpoint)
+	}
+	addr := u.Path
+	if u.Host != "" {
+		addr = u.Host + u.Path // unix://relative/path
+	}
+	if addr == "" {
+		return "", "", fmt.Errorf("endpoint %q: no socket path", endpoint)
+	}
+	return "unix", addr, nil
+}
+
+// Server serves CSI services on a unix socket.
+type Server struct {
+	grpc *grpc.Server
+	ln   net.Listener
+	once sync.Once
+}
+
+// Listen creates the socket (replacing a stale one left by a previous run)
+// and registers the services.
+func Listen(endpoint string, ids csipb.IdentityServer, ns csipb.NodeServer) (*Server, error) {
+	network, addr, err := ParseEndpoint(endpoint)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Dir(addr), 0o750); err != nil {
+		return nil, fmt.Errorf("create socket directory: %w", err)
+	}
+	if err := os.Remove(addr); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("remove stale socket %s: %w", addr, err)
+	}
+	ln, err := net.Listen(network, addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", addr, err)
+	}
+	s := &Server{grpc: grpc.NewServer(grpc.UnaryInterceptor(logRPC)), ln: ln}
+	csipb.RegisterIdentityServer(s.grpc, ids)
+	csipb.RegisterNodeServer(s.grpc, ns)
+	return s, nil
+}
+
+// Addr is the socket's address.
+func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+
+// Serve serves until ctx ends, then stops gracefully.
+func (s *Server) Serve(ctx context.Context) error {
+	errc := make(chan error, 1)
+	go func() { errc <- s.grpc.Serve(s.ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+		s.Stop()
+		return nil
+	}
+}
+
+// Stop stops serving, waiting up to ten seconds for RPCs in flight.
+func (s *Server) Stop() {
+	s.once.Do(func() {
+		done := make(chan struct{})
+		go func() { s.grpc.GracefulStop(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			s.grpc.Stop()
+		}
+	})
+}
+
+// logRPC logs each call with secrets stripped from the request (the
+// nodePublishSecretRef contents and service-account tokens). Probes are
+// logged only at high verbosity.
+func logRPC(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	v := klog.Level(4)
+	if info.FullMethod == "/csi.v1.Identity/Probe" {
+		v = 6
+	}
+	start := time.Now()
+	resp, err := handler(ctx, req)
+	if err != nil {
+		st, _ := status.FromError(err)
+		klog.ErrorS(nil, "CSI call failed", "method", info.FullMethod, "code", st.Code(), "message", st.Message(),
+			"request", protosanitizer.StripSecrets(req), "duration", time.Since(start))
+		return resp, err
+	}
+	klog.V(v).InfoS("CSI call", "method", info.FullMethod, "request", protosanitizer.StripSecrets(req), "duration", time.Since(start))
+	return resp, nil
+}

@@ -1,0 +1,169 @@
+// Package volume publishes Key Vault objects into a volume: it fetches them
+// with the pod's credential, mounts a tmpfs at the target path and writes the
+// files there atomically. Both of kvdriver's front doors (CSI and FlexVolume)
+// publish through it, so they share one implementation of steps 4-6 of the
+// mount path.
+package volume
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"k8s.io/klog/v2"
+	"k8s.io/mount-utils"
+
+	"github.com/kvnode/kvnode/pkg/atomicwriter"
+	"github.com/kvnode/kvnode/pkg/identity"
+	"github.com/kvnode/kvnode/pkg/keyvault"
+)
+
+// Fetcher fetches and renders Key Vault objects (keyvault.Fetcher).
+type Fetcher interface {
+	Fetch(ctx context.Context, req keyvault.Request) (*keyvault.Result, error)
+}
+
+// CredentialSource builds the credential for an identity request
+// (identity.Credentials).
+type CredentialSource interface {
+	Credential(req identity.Request) (azcore.TokenCredential, string, error)
+}
+
+// Options tune a Publisher.
+type Options struct {
+	// TmpfsSize caps each volume's tmpfs (the mount's size= option, e.g.
+	// "32m"); default 32m, room for over a thousand 25 KB secrets.
+	TmpfsSize string
+}
+
+// Publisher publishes and unpublishes volumes.
+type Publisher struct {
+	mounter mount.Interface
+	fetcher Fetcher
+	creds   CredentialSource
+	opts    Options
+}
+
+// NewPublisher returns a publisher that mounts with mounter (NewMounter on a
+// node; mount.NewFakeMounter in unit tests).
+func NewPublisher(mounter mount.Interface, fetcher Fetcher, creds CredentialSource, opts Options) *Publisher {
+	if opts.TmpfsSize == "" {
+		opts.TmpfsSize = "32m"
+	}
+	return &Publisher{mounter: mounter, fetcher: fetcher, creds: creds, opts: opts}
+}
+
+// Request is one volume to publish.
+type Request struct {
+	// TargetPath is where the volume is mounted; it is created if missing.
+	TargetPath string
+	// VaultURL is the vault's URL, e.g. https://kv1.vault.azure.net/.
+	VaultURL string
+	Objects  []keyvault.Object
+	Identity identity.Request
+	// Owner, when set, owns the written files and directories (fsGroup).
+	Owner *atomicwriter.Owner
+}
+
+// Result says what a publish did.
+type Result struct {
+	// Versions are the object versions now in the volume, one per file.
+	Versions []keyvault.ObjectVersion
+	// Mounted is true when this call mounted the tmpfs (a first publish).
+	Mounted bool
+	// Changed is true when the files changed (a first publish or a rotation).
+	Changed bool
+}
+
+// Publish fetches every object, then mounts the tmpfs (unless it is already
+// mounted: kubelet republishes about every minute to rotate) and writes the
+// files. Objects are fetched before anything is mounted, so a failed fetch
+// changes nothing; if mounting or writing fails, what this call mounted is
+// unmounted and a target directory it created is removed.
+func (p *Publisher) Publish(ctx context.Context, req Request) (*Result, error) {
+	if req.TargetPath == "" {
+		return nil, errors.New("target path is empty")
+	}
+	cred, credID, err := p.creds.Credential(req.Identity)
+	if err != nil {
+		return nil, err
+	}
+	fetched, err := p.fetcher.Fetch(ctx, keyvault.Request{
+		VaultURL: req.VaultURL, Credential: cred, IdentityKey: credID, Objects: req.Objects,
+	})
+	if err != nil {
+		return nil, err
+	}
+	payload := make(map[string]atomicwriter.File, len(fetched.Files))
+	for _, f := range fetched.Files {
+		payload[f.Path] = atomicwriter.File{Data: f.Content, Mode: f.Mode}
+	}
+
+	res := &Result{Versions: fetched.Versions}
+	created, err := p.ensureMount(req.TargetPath, res)
+	if err != nil {
+		return nil, err
+	}
+	res.Changed, err = atomicwriter.Write(req.TargetPath, payload, atomicwriter.Options{Owner: req.Owner})
+	if err != nil {
+		p.rollback(req.TargetPath, res.Mounted, created)
+		return nil, fmt.Errorf("write files to %s: %w", req.TargetPath, err)
+	}
+	return res, nil
+}
+
+// ensureMount creates the target directory if needed and mounts a tmpfs on
+// it unless one is there. It reports whether it created the directory.
+func (p *Publisher) ensureMount(target string, res *Result) (created bool, err error) {
+	switch _, err := os.Stat(target); {
+	case errors.Is(err, os.ErrNotExist):
+		if err := os.Mkdir(target, 0o750); err != nil {
+			return false, fmt.Errorf("create target path: %w", err)
+		}
+		created = true
+	case err != nil:
+		return false, fmt.Errorf("target path: %w", err)
+	}
+	notMnt, err := p.mounter.IsLikelyNotMountPoint(target)
+	if err != nil {
+		p.rollback(target, false, created)
+		return false, fmt.Errorf("check mount point %s: %w", target, err)
+	}
+	if !notMnt {
+		return created, nil
+	}
+	opts := []string{"nosuid", "nodev", "noexec", "mode=0755", "size=" + p.opts.TmpfsSize}
+	if err := p.mounter.Mount("tmpfs", target, "tmpfs", opts); err != nil {
+		p.rollback(target, false, created)
+		return false, err
+	}
+	res.Mounted = true
+	return created, nil
+}
+
+// rollback undoes what a failed publish did to target.
+func (p *Publisher) rollback(target string, mounted, created bool) {
+	if mounted {
+		if err := p.mounter.Unmount(target); err != nil {
+			klog.ErrorS(err, "rollback: unmount failed", "target", target)
+			return // never remove a directory that may still be a mount
+		}
+	}
+	if created {
+		if err := os.Remove(target); err != nil {
+			klog.ErrorS(err, "rollback: remove target failed", "target", target)
+		}
+	}
+}
+
+// Unpublish unmounts target if it is mounted and removes it. It is
+// idempotent, and needs no state from the publish: it works for volumes
+// published before a restart.
+func (p *Publisher) Unpublish(target string) error {
+	if err := mount.CleanupMountPoint(target, p.mounter, false); err != nil {
+		return fmt.Errorf("unpublish %s: %w", target, err)
+	}
+	return nil
+}
