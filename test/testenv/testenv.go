@@ -32,11 +32,12 @@ const (
 	EnvSDKClient = "KVNODE_SDKCLIENT"
 )
 
-// Main is called from a package's TestMain. As root it builds the SDK client,
-// then re-executes the test binary in a new network namespace with only
-// loopback up and exits with its status. Without root it runs the tests in
-// place, and the tests that need isolation skip with the reason.
-func Main(m *testing.M) {
+// Main is called from a package's TestMain. As root it builds the SDK client
+// and any other programs named by their package paths, then re-executes the
+// test binary in a new network namespace with only loopback up and exits
+// with its status. Without root it runs the tests in place, and the tests
+// that need isolation skip with the reason. Binary finds the built programs.
+func Main(m *testing.M, programs ...string) {
 	if os.Getenv(envInNetns) == "1" {
 		if err := loopbackUp(); err != nil {
 			fmt.Fprintf(os.Stderr, "testenv: bring up loopback in the private network namespace: %v\n", err)
@@ -48,45 +49,74 @@ func Main(m *testing.M) {
 		os.Setenv(envNoNetns, "needs root to create a private network namespace")
 		os.Exit(m.Run())
 	}
-	bin, cleanup, err := sdkClientBinary()
+	dir, err := os.MkdirTemp("", "kvnode-testbin-")
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "testenv: %v\n", err)
 		os.Exit(2)
 	}
-	code := reexecInNetns(bin)
-	cleanup()
+	env, err := buildPrograms(dir, programs)
+	if err != nil {
+		os.RemoveAll(dir)
+		fmt.Fprintf(os.Stderr, "testenv: %v\n", err)
+		os.Exit(2)
+	}
+	code := reexecInNetns(env)
+	os.RemoveAll(dir)
 	os.Exit(code)
 }
 
-// sdkClientBinary returns the path of the sdkclient program, building it from
-// this module when EnvSDKClient does not name one. It is built before entering
-// the namespace, where the Go module proxy cannot be reached.
-func sdkClientBinary() (string, func(), error) {
-	if p := os.Getenv(EnvSDKClient); p != "" {
-		return p, func() {}, nil
-	}
-	dir, err := os.MkdirTemp("", "kvnode-sdkclient-")
-	if err != nil {
-		return "", nil, err
-	}
-	bin := filepath.Join(dir, "sdkclient")
-	cmd := exec.Command("go", "build", "-o", bin, "github.com/kvnode/kvnode/test/sdkclient")
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	if err := cmd.Run(); err != nil {
-		os.RemoveAll(dir)
-		return "", nil, fmt.Errorf("build sdkclient: %w", err)
-	}
-	return bin, func() { os.RemoveAll(dir) }, nil
+// binEnv is the environment variable that holds the path of a program built
+// by Main.
+func binEnv(name string) string {
+	return "KVNODE_TESTBIN_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
 }
 
-func reexecInNetns(sdkclient string) int {
+// Binary returns the path of a program that Main built, by its base name
+// ("kvdriver" for github.com/kvnode/kvnode/cmd/kvdriver).
+func Binary(t testing.TB, name string) string {
+	t.Helper()
+	p := os.Getenv(binEnv(name))
+	if p == "" {
+		t.Fatalf("testenv: program %q was not built; pass its package path to testenv.Main", name)
+	}
+	return p
+}
+
+// buildPrograms builds the SDK client and programs into dir, before the
+// tests enter the namespace, where the Go module proxy cannot be reached.
+// It returns the environment entries that locate them.
+func buildPrograms(dir string, programs []string) ([]string, error) {
+	var env []string
+	if p := os.Getenv(EnvSDKClient); p != "" {
+		env = append(env, EnvSDKClient+"="+p)
+	} else {
+		programs = append([]string{"github.com/kvnode/kvnode/test/sdkclient"}, programs...)
+	}
+	for _, pkg := range programs {
+		name := filepath.Base(pkg)
+		bin := filepath.Join(dir, name)
+		cmd := exec.Command("go", "build", "-o", bin, pkg)
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		if err := cmd.Run(); err != nil {
+			return nil, fmt.Errorf("build %s: %w", pkg, err)
+		}
+		if name == "sdkclient" {
+			env = append(env, EnvSDKClient+"="+bin)
+		} else {
+			env = append(env, binEnv(name)+"="+bin)
+		}
+	}
+	return env, nil
+}
+
+func reexecInNetns(env []string) int {
 	self, err := os.Executable()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "testenv: %v\n", err)
 		return 2
 	}
 	cmd := exec.Command(self, os.Args[1:]...)
-	cmd.Env = append(os.Environ(), envInNetns+"=1", EnvSDKClient+"="+sdkclient)
+	cmd.Env = append(append(os.Environ(), envInNetns+"=1"), env...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Run(); err != nil {

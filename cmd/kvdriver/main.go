@@ -1,0 +1,117 @@
+// Command kvdriver is kvnode's CSI node plugin: it mounts Azure Key Vault
+// secrets, keys and certificates into pods as a tmpfs volume, from the pod's
+// SecretProviderClass, and keeps them current as kubelet republishes.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
+
+	"github.com/kvnode/kvnode/pkg/csi"
+	"github.com/kvnode/kvnode/pkg/identity"
+	"github.com/kvnode/kvnode/pkg/keyvault"
+	"github.com/kvnode/kvnode/pkg/version"
+	"github.com/kvnode/kvnode/pkg/volume"
+)
+
+// Config is kvdriver's command line.
+type Config struct {
+	Endpoint   string
+	NodeID     string
+	DriverName string
+	Kubeconfig string
+	TmpfsSize  string
+	Resync     time.Duration
+}
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		klog.ErrorS(err, "kvdriver failed")
+		klog.Flush()
+		os.Exit(1)
+	}
+	klog.Flush()
+}
+
+func run(args []string) error {
+	var cfg Config
+	fs := flag.NewFlagSet("kvdriver", flag.ContinueOnError)
+	fs.StringVar(&cfg.Endpoint, "endpoint", "unix:///csi/csi.sock", "CSI endpoint (a unix socket)")
+	fs.StringVar(&cfg.NodeID, "nodeid", os.Getenv("NODE_NAME"), "this node's name (default $NODE_NAME)")
+	fs.StringVar(&cfg.DriverName, "driver-name", csi.DefaultDriverName, "CSI driver name")
+	fs.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "kubeconfig file; in-cluster configuration when empty")
+	fs.StringVar(&cfg.TmpfsSize, "tmpfs-size", "32m", "size limit of each volume's tmpfs")
+	fs.DurationVar(&cfg.Resync, "informer-resync", 10*time.Minute, "resync period of the SecretProviderClass informer")
+	showVersion := fs.Bool("version", false, "print the version and exit")
+	klog.InitFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *showVersion {
+		fmt.Println("kvdriver", version.Version)
+		return nil
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if cfg.NodeID == "" {
+		return errors.New("--nodeid (or $NODE_NAME) is required")
+	}
+
+	restCfg, err := restConfig(cfg.Kubeconfig)
+	if err != nil {
+		return err
+	}
+	restCfg.UserAgent = "kvdriver/" + version.Version
+	dyn, err := dynamic.NewForConfig(restCfg)
+	if err != nil {
+		return err
+	}
+
+	classes := csi.NewClassInformer(dyn, cfg.Resync)
+	publisher := volume.NewPublisher(volume.NewMounter(),
+		keyvault.NewFetcher(keyvault.Options{}),
+		identity.NewCredentials(identity.Options{}),
+		volume.Options{TmpfsSize: cfg.TmpfsSize})
+	node := csi.NewNodeServer(cfg.NodeID, classes, publisher, csi.NewPodStatusWriter(dyn))
+	ids := csi.NewIdentityServer(cfg.DriverName, version.Version, classes.HasSynced)
+	srv, err := csi.Listen(cfg.Endpoint, ids, node)
+	if err != nil {
+		return err
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	classes.Start(ctx)
+	klog.InfoS("kvdriver serving", "endpoint", cfg.Endpoint, "node", cfg.NodeID, "driver", cfg.DriverName, "version", version.Version)
+
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return srv.Serve(ctx) })
+	g.Go(func() error {
+		if !classes.WaitForSync(ctx) {
+			return nil // shutting down
+		}
+		klog.InfoS("SecretProviderClass informer synced")
+		return nil
+	})
+	return g.Wait()
+}
+
+func restConfig(kubeconfig string) (*rest.Config, error) {
+	if kubeconfig != "" {
+		return clientcmd.BuildConfigFromFlags("", kubeconfig)
+	}
+	return rest.InClusterConfig()
+}

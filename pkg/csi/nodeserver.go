@@ -1,0 +1,335 @@
+package csi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"path/filepath"
+	"sync"
+
+	csipb "github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/klog/v2"
+
+	"github.com/kvnode/kvnode/pkg/identity"
+	"github.com/kvnode/kvnode/pkg/keyvault"
+	"github.com/kvnode/kvnode/pkg/spc"
+	"github.com/kvnode/kvnode/pkg/volume"
+)
+
+// Volume context keys kubelet adds (podInfoOnMount, tokenRequests) and the
+// one pod specs set.
+const (
+	attrSecretProviderClass = "secretProviderClass"
+	attrPodName             = "csi.storage.k8s.io/pod.name"
+	attrPodNamespace        = "csi.storage.k8s.io/pod.namespace"
+	attrPodUID              = "csi.storage.k8s.io/pod.uid"
+	attrServiceAccount      = "csi.storage.k8s.io/serviceAccount.name"
+	attrServiceAccountToken = "csi.storage.k8s.io/serviceAccount.tokens"
+
+	// Keys of the nodePublishSecretRef Secret for a service principal.
+	secretClientID     = "clientid"
+	secretClientSecret = "clientsecret"
+
+	// workloadIdentityAudience is the audience of the service-account token
+	// Entra ID accepts for a federated credential.
+	workloadIdentityAudience = "api://AzureADTokenExchange"
+)
+
+// ClassGetter finds a SecretProviderClass (an informer's lister).
+type ClassGetter interface {
+	Get(namespace, name string) (*spc.SecretProviderClass, error)
+}
+
+// Publisher mounts and unmounts volumes (volume.Publisher).
+type Publisher interface {
+	Publish(ctx context.Context, req volume.Request) (*volume.Result, error)
+	Unpublish(target string) error
+}
+
+// StatusWriter records a SecretProviderClassPodStatus.
+type StatusWriter interface {
+	Write(ctx context.Context, st *spc.SecretProviderClassPodStatus) error
+}
+
+// NodeServer is the CSI Node service.
+type NodeServer struct {
+	csipb.UnimplementedNodeServer
+	nodeID    string
+	classes   ClassGetter
+	publisher Publisher
+	statuses  StatusWriter
+
+	mu       sync.Mutex
+	inFlight map[string]struct{}
+}
+
+var _ csipb.NodeServer = (*NodeServer)(nil)
+
+// NewNodeServer returns the Node service of node nodeID.
+func NewNodeServer(nodeID string, classes ClassGetter, publisher Publisher, statuses StatusWriter) *NodeServer {
+	return &NodeServer{nodeID: nodeID, classes: classes, publisher: publisher, statuses: statuses, inFlight: map[string]struct{}{}}
+}
+
+// NodeGetInfo returns the node ID.
+func (s *NodeServer) NodeGetInfo(context.Context, *csipb.NodeGetInfoRequest) (*csipb.NodeGetInfoResponse, error) {
+	return &csipb.NodeGetInfoResponse{NodeId: s.nodeID}, nil
+}
+
+// NodeGetCapabilities reports none: no staging, no stats, no expansion.
+func (s *NodeServer) NodeGetCapabilities(context.Context, *csipb.NodeGetCapabilitiesRequest) (*csipb.NodeGetCapabilitiesResponse, error) {
+	return &csipb.NodeGetCapabilitiesResponse{}, nil
+}
+
+// NodePublishVolume mounts the pod's Key Vault objects at the target path.
+// kubelet calls it again about every minute (requiresRepublish); a call that
+// finds the volume mounted refreshes the files, which is how rotation works.
+func (s *NodeServer) NodePublishVolume(ctx context.Context, req *csipb.NodePublishVolumeRequest) (*csipb.NodePublishVolumeResponse, error) {
+	if err := validatePublish(req); err != nil {
+		return nil, err
+	}
+	pod, err := podFromContext(req.GetVolumeContext())
+	if err != nil {
+		return nil, err
+	}
+	release, err := s.lock(req.GetTargetPath())
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+
+	className := req.GetVolumeContext()[attrSecretProviderClass]
+	class, err := s.classes.Get(pod.namespace, className)
+	if apierrors.IsNotFound(err) {
+		return nil, status.Errorf(codes.NotFound, "SecretProviderClass %s/%s not found", pod.namespace, className)
+	}
+	if err != nil {
+		return nil, status.Errorf(codes.Unavailable, "get SecretProviderClass %s/%s: %v", pod.namespace, className, err)
+	}
+	if class.Spec.Provider != "azure" {
+		return nil, status.Errorf(codes.InvalidArgument, "SecretProviderClass %s/%s: spec.provider %q is not supported; kvnode serves \"azure\"", pod.namespace, className, class.Spec.Provider)
+	}
+	cfg, err := spc.Parse(class.Spec.Parameters)
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "SecretProviderClass %s/%s: %v", pod.namespace, className, err)
+	}
+	idReq, err := identityRequest(cfg, pod, req)
+	if err != nil {
+		return nil, err
+	}
+
+	res, err := s.publisher.Publish(ctx, volume.Request{
+		TargetPath: req.GetTargetPath(),
+		VaultURL:   cfg.VaultURL(),
+		Objects:    cfg.Objects,
+		Identity:   idReq,
+	})
+	if err != nil {
+		return nil, publishError(err)
+	}
+	logger := klog.FromContext(ctx).WithValues("pod", klog.KRef(pod.namespace, pod.name), "class", className)
+	if res.Mounted || res.Changed {
+		if err := s.statuses.Write(ctx, podStatus(s.nodeID, pod, className, req.GetTargetPath(), res.Versions)); err != nil {
+			if res.Mounted {
+				if uerr := s.publisher.Unpublish(req.GetTargetPath()); uerr != nil {
+					logger.Error(uerr, "rollback after failed status write")
+				}
+			}
+			return nil, status.Errorf(codes.Internal, "record SecretProviderClassPodStatus: %v", err)
+		}
+		logger.Info("published", "objects", len(cfg.Objects), "files", len(res.Versions), "mounted", res.Mounted, "rotated", !res.Mounted)
+	}
+	return &csipb.NodePublishVolumeResponse{}, nil
+}
+
+// NodeUnpublishVolume unmounts and removes the target path. It is idempotent
+// and needs no memory of the publish, so it works after a driver restart.
+func (s *NodeServer) NodeUnpublishVolume(ctx context.Context, req *csipb.NodeUnpublishVolumeRequest) (*csipb.NodeUnpublishVolumeResponse, error) {
+	if req.GetVolumeId() == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume_id is required")
+	}
+	if req.GetTargetPath() == "" {
+		return nil, status.Error(codes.InvalidArgument, "target_path is required")
+	}
+	release, err := s.lock(req.GetTargetPath())
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	if err := s.publisher.Unpublish(req.GetTargetPath()); err != nil {
+		return nil, status.Errorf(codes.Internal, "%v", err)
+	}
+	klog.FromContext(ctx).V(2).Info("unpublished", "target", req.GetTargetPath())
+	return &csipb.NodeUnpublishVolumeResponse{}, nil
+}
+
+// lock admits one operation per target path at a time; a second one gets
+// Aborted, as the CSI spec asks, and kubelet retries it.
+func (s *NodeServer) lock(target string) (func(), error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, busy := s.inFlight[target]; busy {
+		return nil, status.Errorf(codes.Aborted, "an operation on %s is already in progress", target)
+	}
+	s.inFlight[target] = struct{}{}
+	return func() {
+		s.mu.Lock()
+		delete(s.inFlight, target)
+		s.mu.Unlock()
+	}, nil
+}
+
+func validatePublish(req *csipb.NodePublishVolumeRequest) error {
+	switch {
+	case req.GetVolumeId() == "":
+		return status.Error(codes.InvalidArgument, "volume_id is required")
+	case req.GetTargetPath() == "":
+		return status.Error(codes.InvalidArgument, "target_path is required")
+	case !filepath.IsAbs(req.GetTargetPath()):
+		return status.Errorf(codes.InvalidArgument, "target_path %q must be absolute", req.GetTargetPath())
+	case req.GetVolumeCapability() == nil:
+		return status.Error(codes.InvalidArgument, "volume_capability is required")
+	case req.GetVolumeCapability().GetMount() == nil:
+		return status.Error(codes.InvalidArgument, "volume_capability: only mount volumes are supported, not block")
+	case !req.GetReadonly():
+		return status.Error(codes.InvalidArgument, "readOnly must be true: Key Vault volumes are read-only (set readOnly: true on the csi volume)")
+	case req.GetVolumeContext()[attrSecretProviderClass] == "":
+		return status.Errorf(codes.InvalidArgument, "volume attribute %s is required", attrSecretProviderClass)
+	}
+	return nil
+}
+
+type podInfo struct {
+	name, namespace, uid, serviceAccount string
+}
+
+func podFromContext(vc map[string]string) (podInfo, error) {
+	p := podInfo{name: vc[attrPodName], namespace: vc[attrPodNamespace], uid: vc[attrPodUID], serviceAccount: vc[attrServiceAccount]}
+	for key, v := range map[string]string{attrPodName: p.name, attrPodNamespace: p.namespace, attrPodUID: p.uid} {
+		if v == "" {
+			return p, status.Errorf(codes.InvalidArgument, "volume attribute %s is missing: the CSIDriver object needs podInfoOnMount: true", key)
+		}
+	}
+	return p, nil
+}
+
+// identityRequest turns the class's auth mode and the request's secrets into
+// a credential request.
+func identityRequest(cfg *spc.Config, pod podInfo, req *csipb.NodePublishVolumeRequest) (identity.Request, error) {
+	r := identity.Request{AuthorityHost: cfg.Cloud.ActiveDirectoryEndpoint, TenantID: cfg.TenantID}
+	switch cfg.AuthMode() {
+	case spc.ServicePrincipal:
+		r.Mode = identity.ServicePrincipal
+		r.ClientID = req.GetSecrets()[secretClientID]
+		r.ClientSecret = req.GetSecrets()[secretClientSecret]
+		if r.ClientID == "" || r.ClientSecret == "" {
+			return r, status.Errorf(codes.InvalidArgument,
+				"service principal: nodePublishSecretRef must name a Secret with keys %q and %q (or set clientID for workload identity, or useVMManagedIdentity)",
+				secretClientID, secretClientSecret)
+		}
+	case spc.WorkloadIdentity:
+		r.Mode = identity.WorkloadIdentity
+		r.ClientID = cfg.ClientID
+		r.Namespace, r.ServiceAccount = pod.namespace, pod.serviceAccount
+		tok, err := serviceAccountToken(req)
+		if err != nil {
+			return r, err
+		}
+		r.ServiceAccountToken = tok
+	case spc.VMManagedIdentity:
+		r.Mode = identity.VMManagedIdentity
+		r.ManagedIdentityID = cfg.UserAssignedIdentityID
+	case spc.PodIdentity:
+		r.Mode = identity.PodIdentity
+	}
+	return r, nil
+}
+
+// serviceAccountToken returns the pod's token for api://AzureADTokenExchange
+// from the volume context or, on Kubernetes 1.35+ with
+// serviceAccountTokenInSecrets, from the request's secrets.
+func serviceAccountToken(req *csipb.NodePublishVolumeRequest) (string, error) {
+	raw := req.GetSecrets()[attrServiceAccountToken]
+	if raw == "" {
+		raw = req.GetVolumeContext()[attrServiceAccountToken]
+	}
+	if raw == "" {
+		return "", status.Errorf(codes.InvalidArgument,
+			"workload identity: no %s: the CSIDriver object needs tokenRequests with audience %s", attrServiceAccountToken, workloadIdentityAudience)
+	}
+	var tokens map[string]struct {
+		Token string `json:"token"`
+	}
+	if err := json.Unmarshal([]byte(raw), &tokens); err != nil {
+		return "", status.Errorf(codes.InvalidArgument, "workload identity: %s is not valid JSON", attrServiceAccountToken)
+	}
+	t := tokens[workloadIdentityAudience].Token
+	if t == "" {
+		return "", status.Errorf(codes.InvalidArgument,
+			"workload identity: %s has no token for audience %s", attrServiceAccountToken, workloadIdentityAudience)
+	}
+	return t, nil
+}
+
+// publishError maps a publish failure to its gRPC code, once, here.
+func publishError(err error) error {
+	var fe *identity.FieldError
+	switch {
+	case errors.As(err, &fe):
+		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, identity.ErrUnsupported):
+		return status.Error(codes.FailedPrecondition, err.Error())
+	}
+	var kerr *keyvault.Error
+	if !errors.As(err, &kerr) {
+		return status.Errorf(codes.Internal, "%v", err)
+	}
+	code := codes.Internal
+	switch kerr.Kind {
+	case keyvault.KindInvalid:
+		code = codes.InvalidArgument
+	case keyvault.KindNotFound:
+		code = codes.NotFound
+	case keyvault.KindPermissionDenied, keyvault.KindAuthentication:
+		code = codes.PermissionDenied
+	case keyvault.KindThrottled:
+		code = codes.ResourceExhausted
+	case keyvault.KindUnavailable:
+		code = codes.Unavailable
+	case keyvault.KindConversion:
+		code = codes.FailedPrecondition
+	case keyvault.KindCanceled:
+		code = codes.DeadlineExceeded
+		if errors.Is(err, context.Canceled) {
+			code = codes.Canceled
+		}
+	}
+	return status.Error(code, err.Error())
+}
+
+// podStatus is the SecretProviderClassPodStatus for a mounted volume, named
+// and labelled as the upstream driver names it.
+func podStatus(node string, pod podInfo, class, target string, versions []keyvault.ObjectVersion) *spc.SecretProviderClassPodStatus {
+	st := &spc.SecretProviderClassPodStatus{
+		TypeMeta: metav1.TypeMeta{APIVersion: spc.SchemeGroupVersion.String(), Kind: "SecretProviderClassPodStatus"},
+		ObjectMeta: metav1.ObjectMeta{
+			Name:      pod.name + "-" + pod.namespace + "-" + class,
+			Namespace: pod.namespace,
+			Labels:    map[string]string{spc.InternalNodeLabel: node},
+			OwnerReferences: []metav1.OwnerReference{{
+				APIVersion: "v1", Kind: "Pod", Name: pod.name, UID: types.UID(pod.uid),
+			}},
+		},
+		Status: spc.SecretProviderClassPodStatusStatus{
+			PodName: pod.name, SecretProviderClassName: class, Mounted: true, TargetPath: target,
+		},
+	}
+	for _, v := range versions {
+		st.Status.Objects = append(st.Status.Objects, spc.SecretProviderClassObject{ID: v.ID, Version: v.Version})
+	}
+	return st
+}
