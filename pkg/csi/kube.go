@@ -71,7 +71,9 @@ type PodStatusWriter struct {
 }
 
 // NewPodStatusWriter writes through client.
-func NewPodStatusWriter(client dynamic.Interface) *PodStatusWriter { return &PodStatusWriter{client: client} }
+func NewPodStatusWriter(client dynamic.Interface) *PodStatusWriter {
+	return &PodStatusWriter{client: client}
+}
 
 // Write creates st, or replaces the status of an existing object of the same
 // name (a republish after rotation).

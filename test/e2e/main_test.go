@@ -9,4 +9,6 @@ import (
 	"github.com/kvnode/kvnode/test/testenv"
 )
 
-func TestMain(m *testing.M) { testenv.Main(m) }
+func TestMain(m *testing.M) {
+	testenv.Main(m, "github.com/kvnode/kvnode/cmd/kvdriver")
+}

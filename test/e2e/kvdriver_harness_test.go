@@ -1,0 +1,208 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	csipb "github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/mount-utils"
+
+	"github.com/kvnode/kvnode/pkg/spc"
+	"github.com/kvnode/kvnode/test/controlplane"
+	"github.com/kvnode/kvnode/test/emulator"
+	"github.com/kvnode/kvnode/test/testenv"
+)
+
+// syncBuffer collects a process's output.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// driverEnv is a node: a control plane with the CRDs, the Azure emulator,
+// a kvdriver process, and a kubelet root for target paths.
+type driverEnv struct {
+	cp      *controlplane.ControlPlane
+	emu     *emulator.Emulator
+	dyn     dynamic.Interface
+	node    csipb.NodeClient
+	ident   csipb.IdentityClient
+	logs    *syncBuffer
+	kubelet string
+}
+
+func startDriverEnv(t *testing.T) *driverEnv {
+	t.Helper()
+	testenv.RequireNetns(t)
+	cp := controlplane.Start(t, controlplane.Options{CRDDirectoryPaths: []string{filepath.Join("..", "..", "charts", "kvnode", "crds")}})
+	emu, err := emulator.Start(emulator.Options{Dir: t.TempDir()})
+	require.NoError(t, err)
+	t.Cleanup(func() { emu.Close() })
+	dyn, err := dynamic.NewForConfig(cp.Config)
+	require.NoError(t, err)
+
+	dir := t.TempDir()
+	// Registered after TempDir, so it runs before TempDir's removal: a test
+	// that stops early leaves tmpfs mounts that kubelet would have unpublished.
+	t.Cleanup(func() { unmountUnder(t, filepath.Join(dir, "kubelet")) })
+	kubeconfig, err := cp.WriteKubeconfig(dir, nil)
+	require.NoError(t, err)
+	sock := filepath.Join(dir, "csi.sock")
+	logs := &syncBuffer{}
+	cmd := exec.Command(testenv.Binary(t, "kvdriver"),
+		"--endpoint", "unix://"+sock, "--nodeid", "node-1", "--kubeconfig", kubeconfig, "-v", "5")
+	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir}, emu.Env()...)
+	cmd.Stdout, cmd.Stderr = logs, logs
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+		if t.Failed() {
+			t.Logf("kvdriver output:\n%s", logs.String())
+		}
+	})
+
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close() })
+	env := &driverEnv{cp: cp, emu: emu, dyn: dyn, node: csipb.NewNodeClient(conn), ident: csipb.NewIdentityClient(conn),
+		logs: logs, kubelet: filepath.Join(dir, "kubelet")}
+	require.Eventually(t, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		resp, err := env.ident.Probe(ctx, &csipb.ProbeRequest{})
+		return err == nil && resp.GetReady().GetValue()
+	}, 30*time.Second, 50*time.Millisecond, "kvdriver never became ready:\n%s", logs)
+	return env
+}
+
+// createClass stores a SecretProviderClass.
+func (e *driverEnv) createClass(t *testing.T, namespace, name string, params map[string]string) {
+	t.Helper()
+	class := &spc.SecretProviderClass{
+		TypeMeta:   metav1.TypeMeta{APIVersion: spc.SchemeGroupVersion.String(), Kind: "SecretProviderClass"},
+		ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name},
+		Spec:       spc.SecretProviderClassSpec{Provider: "azure", Parameters: params},
+	}
+	obj, err := runtime.DefaultUnstructuredConverter.ToUnstructured(class)
+	require.NoError(t, err)
+	_, err = e.dyn.Resource(spc.SecretProviderClassesResource).Namespace(namespace).
+		Create(context.Background(), &unstructured.Unstructured{Object: obj}, metav1.CreateOptions{})
+	require.NoError(t, err)
+}
+
+// createPod stores a pod object (no kubelet runs it; the test is kubelet).
+func (e *driverEnv) createPod(t *testing.T, namespace, name, serviceAccount string) *corev1.Pod {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := e.cp.Client.CoreV1().ServiceAccounts(namespace).Get(ctx, serviceAccount, metav1.GetOptions{}); err != nil {
+		_, err := e.cp.CreateServiceAccount(ctx, namespace, serviceAccount, nil)
+		require.NoError(t, err)
+	}
+	pod, err := e.cp.Client.CoreV1().Pods(namespace).Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name},
+		Spec: corev1.PodSpec{ServiceAccountName: serviceAccount,
+			Containers: []corev1.Container{{Name: "app", Image: "registry.invalid/app:1"}}},
+	}, metav1.CreateOptions{})
+	require.NoError(t, err)
+	return pod
+}
+
+// publishRequest is what kubelet sends for an inline csi volume of pod with
+// podInfoOnMount, and tokenRequests when token is set.
+func (e *driverEnv) publishRequest(pod *corev1.Pod, volumeName, class string, secrets map[string]string, token string) *csipb.NodePublishVolumeRequest {
+	vc := map[string]string{
+		"secretProviderClass":                    class,
+		"csi.storage.k8s.io/pod.name":            pod.Name,
+		"csi.storage.k8s.io/pod.namespace":       pod.Namespace,
+		"csi.storage.k8s.io/pod.uid":             string(pod.UID),
+		"csi.storage.k8s.io/serviceAccount.name": pod.Spec.ServiceAccountName,
+		"csi.storage.k8s.io/ephemeral":           "true",
+	}
+	if token != "" {
+		b, _ := json.Marshal(map[string]any{emulator.DefaultFederatedAudience: map[string]string{
+			"token": token, "expirationTimestamp": time.Now().Add(time.Hour).UTC().Format(time.RFC3339),
+		}})
+		vc["csi.storage.k8s.io/serviceAccount.tokens"] = string(b)
+	}
+	return &csipb.NodePublishVolumeRequest{
+		VolumeId:         "csi-" + string(pod.UID) + "-" + volumeName,
+		TargetPath:       e.targetPath(pod, volumeName),
+		VolumeCapability: &csipb.VolumeCapability{AccessType: &csipb.VolumeCapability_Mount{Mount: &csipb.VolumeCapability_MountVolume{}}, AccessMode: &csipb.VolumeCapability_AccessMode{Mode: csipb.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY}},
+		Readonly:         true,
+		Secrets:          secrets,
+		VolumeContext:    vc,
+	}
+}
+
+// targetPath is kubelet's layout for a csi volume's mount.
+func (e *driverEnv) targetPath(pod *corev1.Pod, volumeName string) string {
+	return filepath.Join(e.kubelet, "pods", string(pod.UID), "volumes", "kubernetes.io~csi", volumeName, "mount")
+}
+
+// mkTargetParent creates what kubelet creates before it publishes.
+func mkTargetParent(t *testing.T, target string) {
+	t.Helper()
+	require.NoError(t, os.MkdirAll(filepath.Dir(target), 0o750))
+}
+
+func callCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// unmountUnder detaches every mount below root.
+func unmountUnder(t *testing.T, root string) {
+	t.Helper()
+	mounts, err := mount.New("").List()
+	if err != nil {
+		t.Errorf("list mounts: %v", err)
+		return
+	}
+	for _, m := range mounts {
+		if strings.HasPrefix(m.Path, root+string(filepath.Separator)) {
+			if err := unix.Unmount(m.Path, unix.MNT_DETACH); err != nil {
+				t.Errorf("unmount %s: %v", m.Path, err)
+			}
+		}
+	}
+}
