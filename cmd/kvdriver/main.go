@@ -34,6 +34,8 @@ type Config struct {
 	Kubeconfig string
 	TmpfsSize  string
 	Resync     time.Duration
+	KubeQPS    float64
+	KubeBurst  int
 }
 
 func main() {
@@ -54,6 +56,8 @@ func run(args []string) error {
 	fs.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "kubeconfig file; in-cluster configuration when empty")
 	fs.StringVar(&cfg.TmpfsSize, "tmpfs-size", "32m", "size limit of each volume's tmpfs")
 	fs.DurationVar(&cfg.Resync, "informer-resync", 10*time.Minute, "resync period of the SecretProviderClass informer")
+	fs.Float64Var(&cfg.KubeQPS, "kube-api-qps", 50, "queries per second to the API server (pod status writes: one per new mount or rotation)")
+	fs.IntVar(&cfg.KubeBurst, "kube-api-burst", 100, "burst of queries to the API server")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	klog.InitFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -75,6 +79,9 @@ func run(args []string) error {
 		return err
 	}
 	restCfg.UserAgent = "kvdriver/" + version.Version
+	// client-go's default of 5 QPS would hold every new mount ~200 ms behind
+	// the pod-status writes of the mounts before it when many pods start.
+	restCfg.QPS, restCfg.Burst = float32(cfg.KubeQPS), cfg.KubeBurst
 	dyn, err := dynamic.NewForConfig(restCfg)
 	if err != nil {
 		return err

@@ -61,7 +61,7 @@ type driverEnv struct {
 	kubelet string
 }
 
-func startDriverEnv(t *testing.T) *driverEnv {
+func startDriverEnv(t testing.TB) *driverEnv {
 	t.Helper()
 	testenv.RequireNetns(t)
 	cp := controlplane.Start(t, controlplane.Options{CRDDirectoryPaths: []string{filepath.Join("..", "..", "charts", "kvnode", "crds")}})
@@ -115,7 +115,7 @@ func startDriverEnv(t *testing.T) *driverEnv {
 }
 
 // createClass stores a SecretProviderClass.
-func (e *driverEnv) createClass(t *testing.T, namespace, name string, params map[string]string) {
+func (e *driverEnv) createClass(t testing.TB, namespace, name string, params map[string]string) {
 	t.Helper()
 	class := &spc.SecretProviderClass{
 		TypeMeta:   metav1.TypeMeta{APIVersion: spc.SchemeGroupVersion.String(), Kind: "SecretProviderClass"},
@@ -130,7 +130,7 @@ func (e *driverEnv) createClass(t *testing.T, namespace, name string, params map
 }
 
 // createPod stores a pod object (no kubelet runs it; the test is kubelet).
-func (e *driverEnv) createPod(t *testing.T, namespace, name, serviceAccount string) *corev1.Pod {
+func (e *driverEnv) createPod(t testing.TB, namespace, name, serviceAccount string) *corev1.Pod {
 	t.Helper()
 	ctx := context.Background()
 	if _, err := e.cp.Client.CoreV1().ServiceAccounts(namespace).Get(ctx, serviceAccount, metav1.GetOptions{}); err != nil {
@@ -179,7 +179,7 @@ func (e *driverEnv) targetPath(pod *corev1.Pod, volumeName string) string {
 }
 
 // mkTargetParent creates what kubelet creates before it publishes.
-func mkTargetParent(t *testing.T, target string) {
+func mkTargetParent(t testing.TB, target string) {
 	t.Helper()
 	require.NoError(t, os.MkdirAll(filepath.Dir(target), 0o750))
 }
@@ -191,7 +191,7 @@ func callCtx(t *testing.T) context.Context {
 }
 
 // unmountUnder detaches every mount below root.
-func unmountUnder(t *testing.T, root string) {
+func unmountUnder(t testing.TB, root string) {
 	t.Helper()
 	mounts, err := mount.New("").List()
 	if err != nil {

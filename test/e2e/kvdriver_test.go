@@ -42,7 +42,7 @@ type vaultFixture struct {
 	plantedSecrets   []string
 }
 
-func seedVault(t *testing.T, e *driverEnv) *vaultFixture {
+func seedVault(t testing.TB, e *driverEnv) *vaultFixture {
 	t.Helper()
 	emu := e.emu
 	jwks, err := e.cp.JWKS(context.Background())
