@@ -56,7 +56,18 @@ type Options struct {
 	// MaxClients bounds the cached (vault, identity) client sets, least
 	// recently used dropped first; default DefaultMaxClients.
 	MaxClients int
+	// CacheTTL keeps each fetched object, per identity, for this long, so
+	// that every pod of the node that reads it with the same identity within
+	// the TTL shares one GET. It bounds how late a rotated secret appears
+	// (kubelet republishes about every minute). Zero disables the cache.
+	CacheTTL time.Duration
+	// MaxCachedObjects bounds the object cache; default
+	// DefaultMaxCachedObjects.
+	MaxCachedObjects int
 }
+
+// DefaultMaxCachedObjects is the object cache's default bound.
+const DefaultMaxCachedObjects = 10000
 
 // Fetcher fetches Key Vault objects and converts them into files. It keeps
 // the SDK clients of each (vault, identity) it has served, so a later Fetch
@@ -65,6 +76,7 @@ type Options struct {
 type Fetcher struct {
 	parallel int
 	clients  *clientCache
+	objects  *objectCache // nil when Options.CacheTTL is zero
 }
 
 // NewFetcher returns a Fetcher.
@@ -78,7 +90,85 @@ func NewFetcher(opts Options) *Fetcher {
 	if opts.MaxClients <= 0 {
 		opts.MaxClients = DefaultMaxClients
 	}
-	return &Fetcher{parallel: opts.MaxParallel, clients: newClientCache(opts.ClientOptions, opts.MaxClients)}
+	f := &Fetcher{parallel: opts.MaxParallel, clients: newClientCache(opts.ClientOptions, opts.MaxClients)}
+	if opts.CacheTTL > 0 {
+		if opts.MaxCachedObjects <= 0 {
+			opts.MaxCachedObjects = DefaultMaxCachedObjects
+		}
+		f.objects = newObjectCache(opts.CacheTTL, opts.MaxCachedObjects)
+	}
+	return f
+}
+
+// CacheStats returns the object cache's hits and misses.
+func (f *Fetcher) CacheStats() (hits, misses uint64) {
+	if f.objects == nil {
+		return 0, 0
+	}
+	return f.objects.hits.Load(), f.objects.misses.Load()
+}
+
+// cacheKey is the object cache's key for a GET (or, with list, a versions
+// listing) of obj in s; ok is false when results must not be cached.
+func (f *Fetcher) cacheKey(s *session, obj *Object, version string, list bool) (objectKey, bool) {
+	if f.objects == nil || s.key.identity == "" {
+		return objectKey{}, false
+	}
+	k := objectKey{client: s.key, list: list, typ: obj.Type, name: strings.ToLower(obj.Name)}
+	if list {
+		k.history = obj.VersionHistory
+	} else {
+		k.version, k.format, k.encoding = version, obj.Format, obj.Encoding
+	}
+	return k, true
+}
+
+// get fetches one version of obj through the object cache.
+func (f *Fetcher) get(ctx context.Context, s *session, obj *Object, version string) ([]byte, string, error) {
+	key, ok := f.cacheKey(s, obj, version, false)
+	if !ok {
+		return s.get(ctx, obj, version)
+	}
+	e, err := f.objects.get(ctx, key, func(fctx context.Context) (*cachedObject, error) {
+		content, got, err := s.get(fctx, obj, version)
+		if err != nil {
+			return nil, err
+		}
+		return &cachedObject{content: content, version: got}, nil
+	})
+	if err != nil {
+		return nil, "", f.waitError(s, obj, version, err)
+	}
+	return e.content, e.version, nil
+}
+
+// listVersions lists obj's history through the object cache.
+func (f *Fetcher) listVersions(ctx context.Context, s *session, obj *Object) ([]string, error) {
+	key, ok := f.cacheKey(s, obj, "", true)
+	if !ok {
+		return s.listVersions(ctx, obj)
+	}
+	e, err := f.objects.get(ctx, key, func(fctx context.Context) (*cachedObject, error) {
+		vs, err := s.listVersions(fctx, obj)
+		if err != nil {
+			return nil, err
+		}
+		return &cachedObject{versions: vs}, nil
+	})
+	if err != nil {
+		return nil, f.waitError(s, obj, "", err)
+	}
+	return e.versions, nil
+}
+
+// waitError wraps the error of a caller that stopped waiting for a shared
+// fetch; a fetch's own errors are already wrapped.
+func (f *Fetcher) waitError(s *session, obj *Object, version string, err error) error {
+	var kerr *Error
+	if errors.As(err, &kerr) {
+		return err
+	}
+	return s.fail("fetch", obj, version, KindUnknown, err)
 }
 
 func retryUnset(r policy.RetryOptions) bool {
@@ -161,7 +251,7 @@ func (f *Fetcher) Fetch(ctx context.Context, req Request) (*Result, error) {
 	if err != nil {
 		return nil, &Error{Kind: KindInvalid, Op: "fetch from vault", Vault: vault, Err: err}
 	}
-	s := &session{ctx: ctx, vault: vault, vc: vc}
+	s := &session{ctx: ctx, vault: vault, vc: vc, key: clientKey{vaultURL: vaultURL, identity: req.IdentityKey}}
 
 	// Phase 1: list the versions of each version history.
 	histories := make([][]string, len(req.Objects))
@@ -173,7 +263,7 @@ func (f *Fetcher) Fetch(ctx context.Context, req Request) (*Result, error) {
 			continue
 		}
 		g.Go(func() error {
-			vs, err := s.listVersions(gctx, o)
+			vs, err := f.listVersions(gctx, s, o)
 			histories[i] = vs
 			return err
 		})
@@ -201,7 +291,7 @@ func (f *Fetcher) Fetch(ctx context.Context, req Request) (*Result, error) {
 	for i := range jobs {
 		j := &jobs[i]
 		g.Go(func() error {
-			content, version, err := s.get(gctx, j.obj, j.version)
+			content, version, err := f.get(gctx, s, j.obj, j.version)
 			if err != nil {
 				return err
 			}
@@ -226,6 +316,7 @@ type session struct {
 	ctx   context.Context // the caller's, to tell its end from a try timeout
 	vault string
 	vc    *vaultClients
+	key   clientKey
 }
 
 // fail wraps an error about obj.
