@@ -1,6 +1,11 @@
 // Command kvdriver is kvnode's CSI node plugin: it mounts Azure Key Vault
 // secrets, keys and certificates into pods as a tmpfs volume, from the pod's
 // SecretProviderClass, and keeps them current as kubelet republishes.
+//
+// The same binary is the FlexVolume driver azure/kv: run as
+// "kvdriver flexvolume <call> ...", or installed under the name kv in
+// kubelet's volume plugin directory, it serves one FlexVolume call and exits
+// (see package flexvolume).
 package main
 
 import (
@@ -34,11 +39,15 @@ type Config struct {
 	Kubeconfig string
 	TmpfsSize  string
 	Resync     time.Duration
+	CacheTTL   time.Duration
 	KubeQPS    float64
 	KubeBurst  int
 }
 
 func main() {
+	if args, ok := flexVolumeArgs(os.Args); ok {
+		os.Exit(runFlexVolume(args, os.Stdout))
+	}
 	if err := run(os.Args[1:]); err != nil {
 		klog.ErrorS(err, "kvdriver failed")
 		klog.Flush()
@@ -56,6 +65,8 @@ func run(args []string) error {
 	fs.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "kubeconfig file; in-cluster configuration when empty")
 	fs.StringVar(&cfg.TmpfsSize, "tmpfs-size", "32m", "size limit of each volume's tmpfs")
 	fs.DurationVar(&cfg.Resync, "informer-resync", 10*time.Minute, "resync period of the SecretProviderClass informer")
+	fs.DurationVar(&cfg.CacheTTL, "object-cache-ttl", time.Minute,
+		"how long a fetched object is shared by the mounts of the same identity on this node; bounds how late a rotated secret appears (0 disables)")
 	fs.Float64Var(&cfg.KubeQPS, "kube-api-qps", 50, "queries per second to the API server (pod status writes: one per new mount or rotation)")
 	fs.IntVar(&cfg.KubeBurst, "kube-api-burst", 100, "burst of queries to the API server")
 	showVersion := fs.Bool("version", false, "print the version and exit")
@@ -88,11 +99,7 @@ func run(args []string) error {
 	}
 
 	classes := csi.NewClassInformer(dyn, cfg.Resync)
-	publisher := volume.NewPublisher(volume.NewMounter(),
-		keyvault.NewFetcher(keyvault.Options{}),
-		identity.NewCredentials(identity.Options{}),
-		volume.Options{TmpfsSize: cfg.TmpfsSize})
-	node := csi.NewNodeServer(cfg.NodeID, classes, publisher, csi.NewPodStatusWriter(dyn))
+	node := csi.NewNodeServer(cfg.NodeID, classes, newPublisher(cfg.TmpfsSize, cfg.CacheTTL), csi.NewPodStatusWriter(dyn))
 	ids := csi.NewIdentityServer(cfg.DriverName, version.Version, classes.HasSynced)
 	srv, err := csi.Listen(cfg.Endpoint, ids, node)
 	if err != nil {
@@ -114,6 +121,16 @@ func run(args []string) error {
 		return nil
 	})
 	return g.Wait()
+}
+
+// newPublisher builds the publisher both front doors mount with: Key Vault
+// fetch and conversion (objects shared for cacheTTL; 0 disables),
+// credentials, and tmpfs mounts by system call.
+func newPublisher(tmpfsSize string, cacheTTL time.Duration) *volume.Publisher {
+	return volume.NewPublisher(volume.NewMounter(),
+		keyvault.NewFetcher(keyvault.Options{CacheTTL: cacheTTL}),
+		identity.NewCredentials(identity.Options{}),
+		volume.Options{TmpfsSize: tmpfsSize})
 }
 
 func restConfig(kubeconfig string) (*rest.Config, error) {

@@ -49,6 +49,10 @@ func (b *syncBuffer) String() string {
 	return b.buf.String()
 }
 
+// driverCacheTTL is kvdriver's object cache TTL in the e2e tests: short, so
+// that a rotation test waits only this long for the new version.
+const driverCacheTTL = time.Second
+
 // driverEnv is a node: a control plane with the CRDs, the Azure emulator,
 // a kvdriver process, and a kubelet root for target paths.
 type driverEnv struct {
@@ -59,6 +63,8 @@ type driverEnv struct {
 	ident   csipb.IdentityClient
 	logs    *syncBuffer
 	kubelet string
+	// socket is the CSI endpoint kvdriver serves, unix://<path>.
+	socket string
 }
 
 func startDriverEnv(t testing.TB) *driverEnv {
@@ -80,7 +86,8 @@ func startDriverEnv(t testing.TB) *driverEnv {
 	sock := filepath.Join(dir, "csi.sock")
 	logs := &syncBuffer{}
 	cmd := exec.Command(testenv.Binary(t, "kvdriver"),
-		"--endpoint", "unix://"+sock, "--nodeid", "node-1", "--kubeconfig", kubeconfig, "-v", "5")
+		"--endpoint", "unix://"+sock, "--nodeid", "node-1", "--kubeconfig", kubeconfig, "-v", "5",
+		"--object-cache-ttl", driverCacheTTL.String())
 	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir}, emu.Env()...)
 	cmd.Stdout, cmd.Stderr = logs, logs
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -104,7 +111,7 @@ func startDriverEnv(t testing.TB) *driverEnv {
 	require.NoError(t, err)
 	t.Cleanup(func() { conn.Close() })
 	env := &driverEnv{cp: cp, emu: emu, dyn: dyn, node: csipb.NewNodeClient(conn), ident: csipb.NewIdentityClient(conn),
-		logs: logs, kubelet: filepath.Join(dir, "kubelet")}
+		logs: logs, kubelet: filepath.Join(dir, "kubelet"), socket: "unix://" + sock}
 	require.Eventually(t, func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()

@@ -257,9 +257,10 @@ func TestKVDriverServicePrincipalEveryObjectKind(t *testing.T) {
 	assert.Equal(t, dir, status["targetPath"])
 	assert.NotEmpty(t, status["objects"])
 
-	// Rotation at the next republish.
+	// Rotation at the next republish after the object cache's TTL.
 	_, err = e.emu.SetSecret(e2eVault, "db-password", "third-db-password", emulator.SecretOptions{})
 	require.NoError(t, err)
+	time.Sleep(driverCacheTTL)
 	_, err = e.node.NodePublishVolume(ctx, req)
 	require.NoError(t, err)
 	b, _ = readFile(t, dir, "db-password")
