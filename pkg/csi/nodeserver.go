@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 
 	csipb "github.com/container-storage-interface/spec/lib/go/csi"
@@ -226,10 +228,17 @@ func identityRequest(cfg *spc.Config, pod podInfo, req *csipb.NodePublishVolumeR
 		r.Mode = identity.ServicePrincipal
 		r.ClientID = req.GetSecrets()[secretClientID]
 		r.ClientSecret = req.GetSecrets()[secretClientSecret]
-		if r.ClientID == "" || r.ClientSecret == "" {
+		var missing []string
+		if r.ClientID == "" {
+			missing = append(missing, strconv.Quote(secretClientID))
+		}
+		if r.ClientSecret == "" {
+			missing = append(missing, strconv.Quote(secretClientSecret))
+		}
+		if len(missing) > 0 {
 			return r, status.Errorf(codes.InvalidArgument,
-				"service principal: nodePublishSecretRef must name a Secret with keys %q and %q (or set clientID for workload identity, or useVMManagedIdentity)",
-				secretClientID, secretClientSecret)
+				"service principal: nodePublishSecretRef must name a Secret with keys %q and %q; %s missing (or set clientID for workload identity, or useVMManagedIdentity)",
+				secretClientID, secretClientSecret, strings.Join(missing, " and "))
 		}
 	case spc.WorkloadIdentity:
 		r.Mode = identity.WorkloadIdentity

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strings"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
@@ -23,7 +24,9 @@ const (
 	// refused the request as malformed (400). (InvalidArgument)
 	KindInvalid
 	// KindNotFound: the object or version does not exist (404), or the
-	// vault's host name does not resolve. (NotFound)
+	// vault does not exist: its host name does not resolve, or the proxy or
+	// front end answers 421 Misdirected Request (it serves no such host).
+	// (NotFound)
 	KindNotFound
 	// KindPermissionDenied: the identity may not read the object (403), or
 	// the object (version) is disabled. (PermissionDenied)
@@ -89,26 +92,40 @@ type Error struct {
 
 func (e *Error) Error() string {
 	if e.Object == "" {
-		return fmt.Sprintf("%s %s: %s", e.Op, e.Vault, describe(e.Err))
+		return fmt.Sprintf("%s %s: %s", e.Op, e.Vault, describe(e.Err, e.Vault))
 	}
-	return fmt.Sprintf("%s %s %s/%s: %s", e.Op, e.Type, e.Vault, e.Object, describe(e.Err))
+	return fmt.Sprintf("%s %s %s/%s: %s", e.Op, e.Type, e.Vault, e.Object, describe(e.Err, e.Vault))
 }
 
 func (e *Error) Unwrap() error { return e.Err }
 
 // describe is a one-line account of err. An *azcore.ResponseError prints
-// the whole response; this keeps the status and Key Vault's error code.
-func describe(err error) string {
+// the whole response; this keeps the status and Key Vault's error code. A
+// vault that does not exist (its host does not resolve, or a 421 for it) is
+// said so in words, with the parameters to check.
+func describe(err error, vault string) string {
+	var af *azidentity.AuthenticationFailedError
+	if errors.As(err, &af) {
+		return err.Error()
+	}
+	noVault := func(why string) string {
+		return fmt.Sprintf("no vault named %q in this cloud: %s (check keyvaultName and cloudName)", vault, why)
+	}
 	var re *azcore.ResponseError
 	if errors.As(err, &re) {
-		var af *azidentity.AuthenticationFailedError
-		if !errors.As(err, &af) {
-			code := re.ErrorCode
-			if code == "" {
-				code = http.StatusText(re.StatusCode)
-			}
-			return fmt.Sprintf("Key Vault answered %d (%s)", re.StatusCode, code)
+		code := re.ErrorCode
+		if code == "" {
+			code = http.StatusText(re.StatusCode)
 		}
+		answer := fmt.Sprintf("Key Vault answered %d (%s)", re.StatusCode, code)
+		if re.StatusCode == http.StatusMisdirectedRequest {
+			return noVault(answer)
+		}
+		return answer
+	}
+	var dns *net.DNSError
+	if errors.As(err, &dns) && dns.IsNotFound && vault != "" && strings.HasPrefix(strings.ToLower(dns.Name), strings.ToLower(vault)+".") {
+		return noVault(fmt.Sprintf("host %s does not resolve", dns.Name))
 	}
 	return err.Error()
 }
@@ -156,6 +173,12 @@ func classifyStatus(status int) Kind {
 	case status == http.StatusForbidden:
 		return KindPermissionDenied
 	case status == http.StatusNotFound:
+		return KindNotFound
+	case status == http.StatusMisdirectedRequest:
+		// The host is not served where the request went: no such vault.
+		// Azure itself has no DNS name for a missing vault; a proxy or
+		// front end that serves no such host answers 421, which the SDK
+		// does not retry.
 		return KindNotFound
 	case status == http.StatusTooManyRequests:
 		return KindThrottled
