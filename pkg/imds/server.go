@@ -1,0 +1,282 @@
+// Package imds is nmi's HTTP surface: the instance metadata service's token
+// endpoint as pods see it once iptables sends their 169.254.169.254 traffic
+// here, the node-local /host/token/ endpoint for kvdriver, and health,
+// readiness and metrics endpoints.
+//
+// Routing fails closed. The request line's target must be exactly one of
+// the routes, compared byte for byte before any decoding or cleaning:
+//
+//	GET /metadata/identity/oauth2/token?...   IMDS token (pods)
+//	GET /host/token/?...                      token for a named pod (node only)
+//	GET /healthz, /readyz, /metrics
+//
+// Anything else (other paths, backslashes, percent-encoding, case variants,
+// doubled slashes, dot segments, parameters, a trailing slash on the token
+// path, absolute-form or authority-form targets) is answered 404 in IMDS's
+// error shape, and nothing is ever forwarded to the real IMDS.
+//
+// The token path is served without a trailing slash only. IMDS's REST
+// specification, azidentity, MSAL (Go, .NET, Python, JavaScript) and adal
+// all use /metadata/identity/oauth2/token; aad-pod-identity also routed
+// ".../token/", which only its own sample scripts used, and those send
+// neither the Metadata header nor api-version, so they would be refused
+// anyway. Methods other than GET (HEAD included: IMDS documents GET only)
+// get 405.
+//
+// A request passes, in order: route; the Metadata header, exactly "true"
+// (as IMDS's specification and every SDK send it; the emulator's IMDS is
+// just as strict); no X-Forwarded-For; GET; query parameters each at most
+// once; api-version (a date, 2018-02-01 or later); resource; at most one of
+// client_id, object_id, msi_res_id, mi_res_id. Then the pod is found by
+// source address (404 if none: IMDS clients retry 404, which covers a pod
+// whose address the index has not seen yet), its bound identities are
+// listed, the requested one must be among them (403, without naming any
+// other), and the token comes from the TokenSource.
+package imds
+
+import (
+	"errors"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"k8s.io/klog/v2"
+
+	"github.com/kvnode/kvnode/pkg/tokencache"
+)
+
+// The routes.
+const (
+	TokenPath     = "/metadata/identity/oauth2/token"
+	HostTokenPath = "/host/token/"
+	HealthzPath   = "/healthz"
+	ReadyzPath    = "/readyz"
+	MetricsPath   = "/metrics"
+)
+
+// Config configures a Server.
+type Config struct {
+	// Pods finds the calling pod. Required.
+	Pods PodFinder
+	// Bindings lists a pod's identities. Required.
+	Bindings Bindings
+	// Tokens serves tokens, normally CacheTokens. Required.
+	Tokens TokenSource
+	// Ready reports whether the server may take traffic (informers synced,
+	// iptables rules installed); nil is always ready.
+	Ready func() error
+	// Registry receives the server's metrics and is served on /metrics;
+	// nil uses a private registry.
+	Registry *prometheus.Registry
+	// CacheStats, when set, exports the token cache's counters (hits,
+	// misses, upstream calls and errors); CacheTokens.Stats fits.
+	CacheStats func() tokencache.Stats
+	// HostAddrs are addresses, besides loopback, that /host/token/ treats as
+	// the node itself. Only list addresses no pod can send from.
+	HostAddrs []netip.Addr
+	// Now returns the current time; default time.Now.
+	Now func() time.Time
+}
+
+// Server answers nmi's HTTP requests. It is safe for concurrent use.
+type Server struct {
+	pods      PodFinder
+	bindings  Bindings
+	tokens    TokenSource
+	ready     func() error
+	hostAddrs []netip.Addr
+	now       func() time.Time
+	metrics   *metrics
+	promh     http.Handler
+
+	// bufs holds response buffers (*[]byte) for reuse.
+	bufs sync.Pool
+	// Header values, shared by every response and never modified.
+	ctJSON, ctText, allowGet, retryAfter []string
+}
+
+var _ http.Handler = (*Server)(nil)
+
+// New returns a Server.
+func New(cfg Config) (*Server, error) {
+	switch {
+	case cfg.Pods == nil:
+		return nil, errors.New("imds: Config.Pods is required")
+	case cfg.Bindings == nil:
+		return nil, errors.New("imds: Config.Bindings is required")
+	case cfg.Tokens == nil:
+		return nil, errors.New("imds: Config.Tokens is required")
+	}
+	if cfg.Ready == nil {
+		cfg.Ready = func() error { return nil }
+	}
+	if cfg.Registry == nil {
+		cfg.Registry = prometheus.NewRegistry()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	m, err := newMetrics(cfg.Registry, cfg.CacheStats)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{
+		pods:       cfg.Pods,
+		bindings:   cfg.Bindings,
+		tokens:     cfg.Tokens,
+		ready:      cfg.Ready,
+		hostAddrs:  append([]netip.Addr(nil), cfg.HostAddrs...),
+		now:        cfg.Now,
+		metrics:    m,
+		promh:      promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{}),
+		ctJSON:     []string{"application/json; charset=utf-8"},
+		ctText:     []string{"text/plain; charset=utf-8"},
+		allowGet:   []string{http.MethodGet},
+		retryAfter: []string{"1"},
+	}
+	s.bufs.New = func() any { b := make([]byte, 0, 4096); return &b }
+	return s, nil
+}
+
+// HTTPServer returns an http.Server for s on addr with the settings nmi
+// needs: timeouts, a small header limit, and no built-in "OPTIONS *"
+// answer (everything goes through ServeHTTP). Its write timeout outlasts
+// tokencache's default upstream timeout.
+func (s *Server) HTTPServer(addr string) *http.Server {
+	return &http.Server{
+		Addr:                         addr,
+		Handler:                      s,
+		ReadHeaderTimeout:            5 * time.Second,
+		ReadTimeout:                  10 * time.Second,
+		WriteTimeout:                 45 * time.Second,
+		IdleTimeout:                  90 * time.Second,
+		MaxHeaderBytes:               16 << 10,
+		DisableGeneralOptionsHandler: true,
+	}
+}
+
+// ServeHTTP routes a request on its raw request target.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := s.now()
+	path, rawQuery, _ := strings.Cut(r.RequestURI, "?")
+	var (
+		ep     endpoint
+		status int
+	)
+	switch path {
+	case TokenPath:
+		ep, status = epToken, s.serveToken(w, r, rawQuery)
+	case HostTokenPath:
+		ep, status = epHostToken, s.serveHostToken(w, r, rawQuery)
+	case HealthzPath:
+		ep, status = epHealthz, s.serveHealth(w, r, nil)
+	case ReadyzPath:
+		ep, status = epReadyz, s.serveHealth(w, r, s.ready)
+	case MetricsPath:
+		ep, status = epMetrics, s.serveMetrics(w, r)
+	default:
+		ep, status = epUnknown, s.writeError(w, &requestError{status: http.StatusNotFound, code: "not_found", desc: descNotFound})
+	}
+	s.metrics.observe(ep, status, s.now().Sub(start))
+}
+
+// serveHealth answers /healthz (check nil) and /readyz.
+func (s *Server) serveHealth(w http.ResponseWriter, r *http.Request, check func() error) int {
+	if r.Method != http.MethodGet {
+		return s.writeError(w, methodNotAllowed())
+	}
+	status, body := http.StatusOK, "ok\n"
+	if check != nil {
+		if err := check(); err != nil {
+			klog.FromContext(r.Context()).V(2).Info("not ready", "err", err)
+			status, body = http.StatusServiceUnavailable, "not ready\n"
+		}
+	}
+	w.Header()["Content-Type"] = s.ctText
+	w.WriteHeader(status)
+	_, _ = w.Write([]byte(body))
+	return status
+}
+
+func (s *Server) serveMetrics(w http.ResponseWriter, r *http.Request) int {
+	if r.Method != http.MethodGet {
+		return s.writeError(w, methodNotAllowed())
+	}
+	s.promh.ServeHTTP(w, r)
+	return http.StatusOK
+}
+
+func methodNotAllowed() *requestError {
+	return &requestError{status: http.StatusMethodNotAllowed, code: "invalid_request", desc: descOnlyGet}
+}
+
+// writeError answers e in IMDS's error shape and returns its status.
+func (s *Server) writeError(w http.ResponseWriter, e *requestError) int {
+	h := w.Header()
+	h["Content-Type"] = s.ctJSON
+	switch e.status {
+	case http.StatusMethodNotAllowed:
+		h["Allow"] = s.allowGet
+	case http.StatusTooManyRequests:
+		h["Retry-After"] = s.retryAfter
+	}
+	w.WriteHeader(e.status)
+	bp := s.bufs.Get().(*[]byte)
+	b := appendError((*bp)[:0], e.code, e.desc)
+	_, _ = w.Write(b)
+	*bp = b
+	s.bufs.Put(bp)
+	return e.status
+}
+
+// writeToken answers 200 with a token: IMDS's shape, or /host/token/'s.
+func (s *Server) writeToken(w http.ResponseWriter, host bool, tok tokencache.Token, resource, clientID string) {
+	bp := s.bufs.Get().(*[]byte)
+	var b []byte
+	if host {
+		b = appendHostToken((*bp)[:0], tok, resource, clientID, s.now())
+	} else {
+		b = appendToken((*bp)[:0], tok, resource, clientID, s.now())
+	}
+	w.Header()["Content-Type"] = s.ctJSON
+	_, _ = w.Write(b)
+	*bp = b
+	s.bufs.Put(bp)
+}
+
+// sourceAddr is the request's source address, unmapped from IPv4-in-IPv6.
+func sourceAddr(r *http.Request) (netip.Addr, bool) {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		// Not every transport gives host:port (e.g. a unix socket).
+		host, _, err := net.SplitHostPort(r.RemoteAddr)
+		if err != nil {
+			return netip.Addr{}, false
+		}
+		a, err := netip.ParseAddr(host)
+		return a.Unmap(), err == nil
+	}
+	return ap.Addr().Unmap(), true
+}
+
+// fromHost reports whether a request comes from the node itself.
+func (s *Server) fromHost(r *http.Request) bool {
+	a, ok := sourceAddr(r)
+	if !ok {
+		return false
+	}
+	if a.IsLoopback() {
+		return true
+	}
+	for _, h := range s.hostAddrs {
+		if h.Unmap() == a {
+			return true
+		}
+	}
+	return false
+}

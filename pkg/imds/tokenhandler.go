@@ -1,0 +1,137 @@
+package imds
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strconv"
+
+	"k8s.io/klog/v2"
+
+	"github.com/kvnode/kvnode/pkg/tokencache"
+)
+
+// serveToken answers GET /metadata/identity/oauth2/token for a pod.
+func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, rawQuery string) int {
+	if v := r.Header["Metadata"]; len(v) != 1 || v[0] != "true" {
+		return s.writeError(w, badRequest(descNoMetadata))
+	}
+	if _, ok := r.Header["X-Forwarded-For"]; ok {
+		return s.writeError(w, badRequest(descForwarded))
+	}
+	if r.Method != http.MethodGet {
+		return s.writeError(w, methodNotAllowed())
+	}
+	q, rerr := parseQuery(rawQuery)
+	if rerr == nil {
+		rerr = validateTokenQuery(&q)
+	}
+	if rerr != nil {
+		return s.writeError(w, rerr)
+	}
+	ip, ok := sourceAddr(r)
+	if !ok {
+		return s.writeError(w, &requestError{status: http.StatusNotFound, code: "not_found", desc: "The request's source address is not a pod on this node"})
+	}
+	pod, ok := s.pods.PodByIP(ip)
+	if !ok {
+		klog.FromContext(r.Context()).V(2).Info("token request from an address that is no pod on this node", "source", ip)
+		return s.writeError(w, &requestError{status: http.StatusNotFound, code: "not_found", desc: "The request's source address is not a pod on this node"})
+	}
+	return s.answerToken(r.Context(), w, pod, &q, false)
+}
+
+// serveHostToken answers GET /host/token/ for kvdriver: the node names a pod
+// (headers podns, podname) and gets a token of that pod's identity.
+func (s *Server) serveHostToken(w http.ResponseWriter, r *http.Request, rawQuery string) int {
+	if !s.fromHost(r) {
+		klog.FromContext(r.Context()).Info("refused a host token request from outside the node", "source", r.RemoteAddr)
+		return s.writeError(w, &requestError{status: http.StatusForbidden, code: "invalid_request", desc: "The host token endpoint only serves the node itself"})
+	}
+	if _, ok := r.Header["X-Forwarded-For"]; ok {
+		return s.writeError(w, badRequest(descForwarded))
+	}
+	if r.Method != http.MethodGet {
+		return s.writeError(w, methodNotAllowed())
+	}
+	q, rerr := parseQuery(rawQuery)
+	if rerr == nil {
+		rerr = validateResource(q.resource)
+	}
+	if rerr != nil {
+		return s.writeError(w, rerr)
+	}
+	ns, name := r.Header["Podns"], r.Header["Podname"]
+	if len(ns) != 1 || len(name) != 1 || ns[0] == "" || name[0] == "" {
+		return s.writeError(w, badRequest("Required headers 'podns' and 'podname' not specified"))
+	}
+	pod, ok := s.pods.PodByName(ns[0], name[0])
+	if !ok {
+		return s.writeError(w, &requestError{status: http.StatusNotFound, code: "not_found", desc: "No such pod on this node"})
+	}
+	return s.answerToken(r.Context(), w, pod, &q, true)
+}
+
+// answerToken selects the pod's identity and answers with its token.
+func (s *Server) answerToken(ctx context.Context, w http.ResponseWriter, pod Pod, q *tokenQuery, host bool) int {
+	id, rerr := selectIdentity(s.bindings.IdentitiesFor(pod), q)
+	if rerr != nil {
+		if rerr.status == http.StatusForbidden {
+			klog.FromContext(ctx).Info("refused a token request", "pod", klog.KRef(pod.Namespace, pod.Name), "reason", rerr.desc)
+		}
+		return s.writeError(w, rerr)
+	}
+	tok, err := s.tokens.Token(ctx, id, q.resource)
+	if err != nil {
+		e := upstreamFailure(err)
+		klog.FromContext(ctx).Info("token request failed", "pod", klog.KRef(pod.Namespace, pod.Name),
+			"clientID", id.ClientID, "resource", q.resource, "status", e.status, "err", err)
+		return s.writeError(w, e)
+	}
+	s.writeToken(w, host, tok, q.resource, id.ClientID)
+	return http.StatusOK
+}
+
+// upstreamFailure maps a TokenSource error to an IMDS-style answer. Only
+// IMDS's own error code and description (never a response body) pass
+// through, and only for statuses a client can act on.
+func upstreamFailure(err error) *requestError {
+	var ue *UpstreamError
+	switch {
+	case errors.Is(err, tokencache.ErrUpstreamBusy):
+		return &requestError{status: http.StatusTooManyRequests, code: "too_many_requests",
+			desc: "Too many token requests to the node's identity endpoint; retry after a short wait"}
+	case errors.Is(err, ErrNoSource):
+		return &requestError{status: http.StatusInternalServerError, code: "unknown_error",
+			desc: "This node cannot issue tokens for the bound identity's kind"}
+	case errors.As(err, &ue):
+		switch ue.Status {
+		case http.StatusBadRequest, http.StatusNotFound, http.StatusGone, http.StatusTooManyRequests:
+			e := &requestError{status: ue.Status, code: ue.Code, desc: ue.Description}
+			if e.code == "" {
+				e.code = defaultCode(ue.Status)
+			}
+			if e.desc == "" {
+				e.desc = "The node's identity endpoint answered " + strconv.Itoa(ue.Status)
+			}
+			return e
+		}
+		return &requestError{status: http.StatusBadGateway, code: "unknown_error",
+			desc: "The node's identity endpoint answered " + strconv.Itoa(ue.Status)}
+	}
+	return &requestError{status: http.StatusBadGateway, code: "unknown_error",
+		desc: "The node's identity endpoint could not be reached"}
+}
+
+// defaultCode is IMDS's error code for a status, for answers that had none.
+func defaultCode(status int) string {
+	switch status {
+	case http.StatusNotFound:
+		return "not_found"
+	case http.StatusGone:
+		return "service_unavailable"
+	case http.StatusTooManyRequests:
+		return "too_many_requests"
+	}
+	return "invalid_request"
+}

@@ -1,0 +1,178 @@
+package imds
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/url"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/kvnode/kvnode/pkg/tokencache"
+	"github.com/kvnode/kvnode/test/emulator"
+	"github.com/kvnode/kvnode/test/testenv"
+)
+
+const vault = "https://vault.azure.net"
+
+// startEmulator starts the Azure emulator with one managed identity assigned
+// to the node and returns it with an Upstream that reaches its IMDS through
+// the emulator's forward proxy (the way nmi reaches the real one, at
+// http://169.254.169.254, minus the proxy).
+func startEmulator(t *testing.T) (*emulator.Emulator, emulator.Principal, *Upstream) {
+	t.Helper()
+	testenv.RequireNetns(t)
+	e, err := emulator.Start(emulator.Options{Dir: t.TempDir()})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = e.Close() })
+	p, err := e.AddManagedIdentity(emulator.Principal{TenantID: "72f988bf-86f1-41af-91ab-2d7cd011db47"})
+	require.NoError(t, err)
+	proxy, err := url.Parse(e.ProxyURL())
+	require.NoError(t, err)
+	client := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(proxy), MaxIdleConnsPerHost: 5}}
+	return e, p, NewUpstream("http://"+emulator.IMDSHost, client)
+}
+
+func TestUpstreamAgainstEmulator(t *testing.T) {
+	e, p, up := startEmulator(t)
+	ctx := context.Background()
+
+	before := time.Now()
+	tok, err := up.Token(ctx, tokencache.Key{Identity: p.ClientID, Resource: vault})
+	require.NoError(t, err)
+	assert.NotEmpty(t, tok.AccessToken)
+	assert.WithinDuration(t, before.Add(time.Hour), tok.ExpiresOn, 5*time.Second)
+	assert.False(t, tok.NotBefore.After(time.Now()))
+	reqs := e.Requests(emulator.RequestFilter{Service: emulator.ServiceIMDS})
+	require.Len(t, reqs, 1)
+	assert.Equal(t, p.ClientID, reqs[0].Identity)
+	assert.Equal(t, http.StatusOK, reqs[0].Status)
+
+	// An identity the node does not have: IMDS's 400 comes back as an
+	// UpstreamError with its code and description.
+	_, err = up.Token(ctx, tokencache.Key{Identity: "00000000-0000-0000-0000-00000000dead", Resource: vault})
+	var ue *UpstreamError
+	require.ErrorAs(t, err, &ue)
+	assert.Equal(t, UpstreamError{Status: 400, Code: "invalid_request", Description: "Identity not found"}, *ue)
+
+	// A fault: IMDS's 500 is an UpstreamError too.
+	require.NoError(t, e.InjectIMDSFault(emulator.Fault{Status: http.StatusInternalServerError, Count: 1}))
+	_, err = up.Token(ctx, tokencache.Key{Identity: p.ClientID, Resource: vault})
+	require.ErrorAs(t, err, &ue)
+	assert.Equal(t, http.StatusInternalServerError, ue.Status)
+	assert.NotContains(t, err.Error(), tok.AccessToken)
+}
+
+func TestParseTokenAnswer(t *testing.T) {
+	now := time.Unix(1700000000, 0)
+	tok, err := parseTokenAnswer([]byte(`{"access_token":"a","expires_in":"3599","expires_on":"1700003599","not_before":"1699999700","token_type":"Bearer"}`), now)
+	require.NoError(t, err)
+	assert.Equal(t, tokencache.Token{AccessToken: "a", ExpiresOn: time.Unix(1700003599, 0), NotBefore: time.Unix(1699999700, 0)}, tok)
+
+	tok, err = parseTokenAnswer([]byte(`{"access_token":"a","expires_in":600}`), now)
+	require.NoError(t, err)
+	assert.Equal(t, now.Add(10*time.Minute), tok.ExpiresOn)
+
+	for _, body := range []string{`not json eyJsecret`, `{"access_token":""}`, `{"access_token":"eyJsecret"}`, `{"access_token":"eyJsecret","expires_on":"1700003599","token_type":"pop"}`} {
+		_, err := parseTokenAnswer([]byte(body), now)
+		require.Error(t, err, body)
+		assert.NotContains(t, err.Error(), "eyJsecret")
+	}
+}
+
+// TestConcurrentColdRequestsOneUpstreamCall: 1,000 pods' requests at once
+// for one identity and resource that nothing has asked for yet make exactly
+// one call to IMDS, through the real cache and the real (emulated) IMDS.
+func TestConcurrentColdRequestsOneUpstreamCall(t *testing.T) {
+	e, p, up := startEmulator(t)
+	cache := tokencache.New(up, tokencache.Options{})
+	tokens := CacheTokens{IMDS: cache}
+	pods := newFakePods()
+	pods.add(podIP, Pod{Namespace: "default", Name: "app", ServiceAccount: "app"})
+	srv, err := New(Config{
+		Pods:       pods,
+		Bindings:   fakeBindings{"default/app": {{ClientID: p.ClientID, ResourceID: p.ResourceID, Source: SourceIMDS}}},
+		Tokens:     tokens,
+		CacheStats: tokens.Stats,
+	})
+	require.NoError(t, err)
+	w := &testWorld{srv: srv}
+	addr := w.serve(t, podIP)[podIP]
+
+	const n = 1000
+	client := &http.Client{Transport: &http.Transport{Proxy: nil, MaxIdleConnsPerHost: n}, Timeout: 60 * time.Second}
+	t.Cleanup(client.CloseIdleConnections)
+	var (
+		start   = make(chan struct{})
+		wg      sync.WaitGroup
+		mu      sync.Mutex
+		results = map[string]int{}
+		fails   []string
+	)
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req, _ := http.NewRequest(http.MethodGet, "http://"+addr+TokenPath+"?"+goodQuery+"&client_id="+p.ClientID, nil)
+			req.Header.Set("Metadata", "true")
+			<-start
+			resp, err := client.Do(req)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				fails = append(fails, err.Error())
+				return
+			}
+			defer resp.Body.Close()
+			body, _ := io.ReadAll(resp.Body)
+			var m map[string]string
+			if resp.StatusCode != http.StatusOK || json.Unmarshal(body, &m) != nil {
+				fails = append(fails, resp.Status+" "+string(body))
+				return
+			}
+			results[m["access_token"]]++
+		}()
+	}
+	close(start)
+	wg.Wait()
+	require.Empty(t, fails)
+	require.Len(t, results, 1, "every caller gets the same token")
+	for _, count := range results {
+		assert.Equal(t, n, count)
+	}
+	assert.Equal(t, 1, e.CountRequests(emulator.RequestFilter{Service: emulator.ServiceIMDS}), "exactly one upstream call")
+	st := cache.Stats()
+	assert.Equal(t, uint64(1), st.UpstreamCalls)
+	assert.Equal(t, uint64(n), st.Hits+st.Misses)
+}
+
+// TestEmulatorErrorsThroughServer: IMDS's refusal of an identity the node
+// lacks reaches the pod as IMDS's own 400, and a failing IMDS as a 502.
+func TestEmulatorErrorsThroughServer(t *testing.T) {
+	e, p, up := startEmulator(t)
+	tokens := CacheTokens{IMDS: tokencache.New(up, tokencache.Options{})}
+	pods := newFakePods()
+	pods.add(podIP, Pod{Namespace: "default", Name: "app"})
+	ghost := Identity{ClientID: "00000000-0000-0000-0000-00000000dead"}
+	srv, err := New(Config{Pods: pods, Tokens: tokens,
+		Bindings: fakeBindings{"default/app": {{ClientID: p.ClientID, Source: SourceIMDS}, ghost}}})
+	require.NoError(t, err)
+	addr := (&testWorld{srv: srv}).serve(t, podIP)[podIP]
+
+	status, _, body := rawRequest(t, addr, get(TokenPath+"?"+goodQuery+"&client_id="+ghost.ClientID, md))
+	assert.Equal(t, http.StatusBadRequest, status)
+	assert.Equal(t, `{"error":"invalid_request","error_description":"Identity not found"}`, body)
+
+	require.NoError(t, e.InjectIMDSFault(emulator.Fault{Status: http.StatusInternalServerError, Count: 1}))
+	status, _, body = rawRequest(t, addr, get(TokenPath+"?"+goodQuery+"&client_id="+p.ClientID, md))
+	assert.Equal(t, http.StatusBadGateway, status)
+	assert.Equal(t, `{"error":"unknown_error","error_description":"The node's identity endpoint answered 500"}`, body)
+
+	status, _, body = rawRequest(t, addr, get(TokenPath+"?"+goodQuery+"&client_id="+p.ClientID, md))
+	assert.Equal(t, http.StatusOK, status, body)
+}
