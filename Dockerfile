@@ -1,7 +1,7 @@
-# Multi-stage build of kvnode's binaries. Each binary gets its own final stage,
-# selected with --target; all are static (CGO_ENABLED=0) and run as non-root
-# where the component allows it.
+# Multi-stage build of kvnode's binaries. Each image is its own final stage,
+# selected with --target; all binaries are static (CGO_ENABLED=0).
 #
+#   docker build --target kvnode -t kvnode/kvnode .                  # kvdriver
 #   docker build --target azure-emulator -t kvnode/azure-emulator .
 
 ARG GO_VERSION=1.26
@@ -14,10 +14,17 @@ COPY . .
 ARG VERSION=dev
 RUN CGO_ENABLED=0 go build -trimpath \
       -ldflags "-s -w -X github.com/kvnode/kvnode/pkg/version.Version=${VERSION}" \
-      -o /out/ ./test/emulator/cmd/azure-emulator
+      -o /out/ ./cmd/kvdriver ./test/emulator/cmd/azure-emulator
+
+# kvdriver, the CSI node plugin (and the azure/kv FlexVolume driver). It
+# mounts tmpfs volumes with system calls, so the image needs no mount(8);
+# it runs privileged as root in the DaemonSet because mounting needs it.
+FROM gcr.io/distroless/static-debian12 AS kvnode
+COPY --from=build /out/kvdriver /kvdriver
+ENTRYPOINT ["/kvdriver"]
 
 # The Azure emulator, for users' own integration tests and the demo. It
-# listens on 8443 and writes its CA to /var/run/azure-emulator/ca.crt.
+# listens on 8443 and writes its CA to /tmp/ca.crt.
 FROM gcr.io/distroless/static-debian12:nonroot AS azure-emulator
 COPY --from=build /out/azure-emulator /azure-emulator
 USER 65532:65532

@@ -18,24 +18,29 @@ deps: ## Install the Debian packages the tests need (root).
 	@hack/install-deps.sh
 
 .PHONY: controlplane
-controlplane: ## Build (once, cached) etcd and kube-apiserver for the tests.
+controlplane: ## Build (once, cached) etcd, kube-apiserver and helm for the tests.
 	@hack/controlplane-bins.sh >/dev/null
+	@hack/helm-bin.sh >/dev/null
+
+# The test binaries the control plane and chart tests use, built and cached
+# outside the repository by the hack/ scripts.
+TEST_ENV = KUBEBUILDER_ASSETS=$$(hack/controlplane-bins.sh) KVNODE_HELM=$$(hack/helm-bin.sh)
 
 .PHONY: build
 build: ## Build the binaries into bin/.
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./test/emulator/cmd/azure-emulator
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/kvdriver ./test/emulator/cmd/azure-emulator
 
 .PHONY: test
 test: deps controlplane ## Run every test: unit, emulator SDK tests, control-plane e2e (root).
-	KUBEBUILDER_ASSETS=$$(hack/controlplane-bins.sh) $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
+	$(TEST_ENV) $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
 
 .PHONY: e2e
 e2e: deps controlplane ## Run only the end-to-end tests.
-	KUBEBUILDER_ASSETS=$$(hack/controlplane-bins.sh) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v ./test/e2e/...
+	$(TEST_ENV) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v ./test/e2e/...
 
 .PHONY: bench
-bench: ## Run the benchmarks with allocation counts.
-	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./...
+bench: controlplane ## Run the benchmarks with allocation counts (root).
+	$(TEST_ENV) $(GO) test -run '^$$' -bench . -benchmem -count 1 -timeout 30m ./...
 
 .PHONY: lint
 lint: ## gofmt, go vet and staticcheck (pinned in tools/lint).

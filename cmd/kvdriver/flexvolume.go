@@ -105,3 +105,22 @@ func flexVolumeLogger(file string, verbosity int) (logr.Logger, func(), error) {
 	klog.SetLogger(logger)
 	return logger, func() { klog.Flush(); closeFn() }, nil
 }
+
+// installFlexVolume copies this binary to --dir/kv, where kubelet looks for
+// the azure/kv driver (the chart's init container runs it).
+func installFlexVolume(args []string) error {
+	fs := flag.NewFlagSet("kvdriver install-flexvolume", flag.ContinueOnError)
+	dir := fs.String("dir", "/usr/libexec/kubernetes/kubelet-plugins/volume/exec/azure~kv", "the driver's directory in kubelet's volume plugin dir")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	if err := flexvolume.Install(self, *dir); err != nil {
+		return err
+	}
+	klog.InfoS("installed the azure/kv FlexVolume driver", "path", filepath.Join(*dir, flexvolume.DriverFileName))
+	return nil
+}

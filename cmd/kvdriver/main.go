@@ -48,7 +48,13 @@ func main() {
 	if args, ok := flexVolumeArgs(os.Args); ok {
 		os.Exit(runFlexVolume(args, os.Stdout))
 	}
-	if err := run(os.Args[1:]); err != nil {
+	var err error
+	if len(os.Args) > 1 && os.Args[1] == "install-flexvolume" {
+		err = installFlexVolume(os.Args[2:])
+	} else {
+		err = run(os.Args[1:])
+	}
+	if err != nil {
 		klog.ErrorS(err, "kvdriver failed")
 		klog.Flush()
 		os.Exit(1)

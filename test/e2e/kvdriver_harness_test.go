@@ -81,7 +81,8 @@ func startDriverEnv(t testing.TB) *driverEnv {
 	// Registered after TempDir, so it runs before TempDir's removal: a test
 	// that stops early leaves tmpfs mounts that kubelet would have unpublished.
 	t.Cleanup(func() { unmountUnder(t, filepath.Join(dir, "kubelet")) })
-	kubeconfig, err := cp.WriteKubeconfig(dir, nil)
+	// kvdriver runs as the chart's ServiceAccount, with the chart's RBAC.
+	kubeconfig, err := cp.WriteKubeconfig(dir, installDriverRBAC(t, cp))
 	require.NoError(t, err)
 	sock := filepath.Join(dir, "csi.sock")
 	logs := &syncBuffer{}

@@ -1,0 +1,23 @@
+{{- define "kvnode.name" -}}kvnode{{- end -}}
+
+{{- define "kvnode.labels" -}}
+app.kubernetes.io/name: {{ include "kvnode.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
+{{- end -}}
+
+{{- define "kvnode.kvdriverSelector" -}}
+app.kubernetes.io/name: {{ include "kvnode.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: kvdriver
+{{- end -}}
+
+{{- define "kvnode.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+
+{{- define "kvnode.pluginDir" -}}
+{{ .Values.kubeletDir }}/plugins/csi-secrets-store
+{{- end -}}
