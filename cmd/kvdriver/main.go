@@ -105,7 +105,8 @@ func run(args []string) error {
 	}
 
 	classes := csi.NewClassInformer(dyn, cfg.Resync)
-	node := csi.NewNodeServer(cfg.NodeID, classes, newPublisher(cfg.TmpfsSize, cfg.CacheTTL), csi.NewPodStatusWriter(dyn))
+	statuses := csi.NewStatusRecorder(csi.NewPodStatusWriter(dyn), 100*time.Millisecond)
+	node := csi.NewNodeServer(cfg.NodeID, classes, newPublisher(cfg.TmpfsSize, cfg.CacheTTL), statuses)
 	ids := csi.NewIdentityServer(cfg.DriverName, version.Version, classes.HasSynced)
 	srv, err := csi.Listen(cfg.Endpoint, ids, node)
 	if err != nil {
@@ -119,6 +120,7 @@ func run(args []string) error {
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return srv.Serve(ctx) })
+	g.Go(func() error { statuses.Run(ctx, 2); return nil })
 	g.Go(func() error {
 		if !classes.WaitForSync(ctx) {
 			return nil // shutting down

@@ -53,9 +53,10 @@ type Publisher interface {
 	Unpublish(target string) error
 }
 
-// StatusWriter records a SecretProviderClassPodStatus.
-type StatusWriter interface {
-	Write(ctx context.Context, st *spc.SecretProviderClassPodStatus) error
+// StatusSink takes the SecretProviderClassPodStatus of a mounted volume
+// (StatusRecorder writes it in the background).
+type StatusSink interface {
+	Record(st *spc.SecretProviderClassPodStatus)
 }
 
 // NodeServer is the CSI Node service.
@@ -64,7 +65,7 @@ type NodeServer struct {
 	nodeID    string
 	classes   ClassGetter
 	publisher Publisher
-	statuses  StatusWriter
+	statuses  StatusSink
 
 	mu       sync.Mutex
 	inFlight map[string]struct{}
@@ -73,7 +74,7 @@ type NodeServer struct {
 var _ csipb.NodeServer = (*NodeServer)(nil)
 
 // NewNodeServer returns the Node service of node nodeID.
-func NewNodeServer(nodeID string, classes ClassGetter, publisher Publisher, statuses StatusWriter) *NodeServer {
+func NewNodeServer(nodeID string, classes ClassGetter, publisher Publisher, statuses StatusSink) *NodeServer {
 	return &NodeServer{nodeID: nodeID, classes: classes, publisher: publisher, statuses: statuses, inFlight: map[string]struct{}{}}
 }
 
@@ -135,14 +136,7 @@ func (s *NodeServer) NodePublishVolume(ctx context.Context, req *csipb.NodePubli
 	}
 	logger := klog.FromContext(ctx).WithValues("pod", klog.KRef(pod.namespace, pod.name), "class", className)
 	if res.Mounted || res.Changed {
-		if err := s.statuses.Write(ctx, podStatus(s.nodeID, pod, className, req.GetTargetPath(), res.Versions)); err != nil {
-			if res.Mounted {
-				if uerr := s.publisher.Unpublish(req.GetTargetPath()); uerr != nil {
-					logger.Error(uerr, "rollback after failed status write")
-				}
-			}
-			return nil, status.Errorf(codes.Internal, "record SecretProviderClassPodStatus: %v", err)
-		}
+		s.statuses.Record(podStatus(s.nodeID, pod, className, req.GetTargetPath(), res.Versions))
 		logger.Info("published", "objects", len(cfg.Objects), "files", len(res.Versions), "mounted", res.Mounted, "rotated", !res.Mounted)
 	}
 	return &csipb.NodePublishVolumeResponse{}, nil

@@ -69,6 +69,12 @@ type driverEnv struct {
 
 func startDriverEnv(t testing.TB) *driverEnv {
 	t.Helper()
+	return startDriverEnvArgs(t, "--object-cache-ttl", driverCacheTTL.String())
+}
+
+// startDriverEnvArgs starts the node with extra kvdriver arguments.
+func startDriverEnvArgs(t testing.TB, driverArgs ...string) *driverEnv {
+	t.Helper()
 	testenv.RequireNetns(t)
 	cp := controlplane.Start(t, controlplane.Options{CRDDirectoryPaths: []string{filepath.Join("..", "..", "charts", "kvnode", "crds")}})
 	emu, err := emulator.Start(emulator.Options{Dir: t.TempDir()})
@@ -87,8 +93,8 @@ func startDriverEnv(t testing.TB) *driverEnv {
 	sock := filepath.Join(dir, "csi.sock")
 	logs := &syncBuffer{}
 	cmd := exec.Command(testenv.Binary(t, "kvdriver"),
-		"--endpoint", "unix://"+sock, "--nodeid", "node-1", "--kubeconfig", kubeconfig, "-v", "5",
-		"--object-cache-ttl", driverCacheTTL.String())
+		append([]string{"--endpoint", "unix://" + sock, "--nodeid", "node-1", "--kubeconfig", kubeconfig, "-v", "5"},
+			driverArgs...)...)
 	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir}, emu.Env()...)
 	cmd.Stdout, cmd.Stderr = logs, logs
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -104,7 +110,11 @@ func startDriverEnv(t testing.TB) *driverEnv {
 			<-done
 		}
 		if t.Failed() {
-			t.Logf("kvdriver output:\n%s", logs.String())
+			out := logs.String()
+			if len(out) > 16<<10 {
+				out = "...\n" + out[len(out)-16<<10:]
+			}
+			t.Logf("kvdriver output (last 16 KiB):\n%s", out)
 		}
 	})
 

@@ -19,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"github.com/kvnode/kvnode/pkg/spc"
 	"github.com/kvnode/kvnode/test/emulator"
@@ -246,10 +247,13 @@ func TestKVDriverServicePrincipalEveryObjectKind(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, filepath.Join("..data", "db-password"), link)
 
-	// The pod status the upstream driver records.
-	st, err := e.dyn.Resource(spc.SecretProviderClassPodStatusesResource).Namespace("apps").
-		Get(ctx, "web-0-apps-every-object", metav1.GetOptions{})
-	require.NoError(t, err)
+	// The pod status the upstream driver records, written in the background.
+	var st *unstructured.Unstructured
+	require.Eventually(t, func() bool {
+		st, err = e.dyn.Resource(spc.SecretProviderClassPodStatusesResource).Namespace("apps").
+			Get(ctx, "web-0-apps-every-object", metav1.GetOptions{})
+		return err == nil
+	}, 10*time.Second, 20*time.Millisecond, "pod status not recorded")
 	assert.Equal(t, "node-1", st.GetLabels()[spc.InternalNodeLabel])
 	assert.Equal(t, string(pod.UID), string(st.GetOwnerReferences()[0].UID))
 	status := st.Object["status"].(map[string]any)
