@@ -19,7 +19,9 @@ import (
 // writerFunc adapts a function to StatusWriter.
 type writerFunc func(context.Context, *spc.SecretProviderClassPodStatus) error
 
-func (f writerFunc) Write(ctx context.Context, st *spc.SecretProviderClassPodStatus) error { return f(ctx, st) }
+func (f writerFunc) Write(ctx context.Context, st *spc.SecretProviderClassPodStatus) error {
+	return f(ctx, st)
+}
 
 func podStatusFor(name, target string) *spc.SecretProviderClassPodStatus {
 	return &spc.SecretProviderClassPodStatus{
