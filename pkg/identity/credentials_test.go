@@ -5,12 +5,10 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"math/big"
 	"net/http"
-	"net/url"
 	"testing"
 	"time"
 
@@ -64,14 +62,7 @@ func newFixture(t *testing.T) *fixture {
 	_, err = emu.AddManagedIdentity(emulator.Principal{TenantID: tenant, ClientID: miClient})
 	require.NoError(t, err)
 
-	proxy, err := url.Parse(emu.ProxyURL())
-	require.NoError(t, err)
-	pool := x509.NewCertPool()
-	require.True(t, pool.AppendCertsFromPEM(emu.CACertPEM()))
-	transport := http.DefaultTransport.(*http.Transport).Clone()
-	transport.Proxy = http.ProxyURL(proxy)
-	transport.TLSClientConfig.RootCAs = pool
-	creds := NewCredentials(Options{ClientOptions: azcore.ClientOptions{Transport: &http.Client{Transport: transport}}})
+	creds := NewCredentials(Options{ClientOptions: azcore.ClientOptions{Transport: emu.HTTPClient()}})
 	return &fixture{emu: emu, creds: creds, key: key}
 }
 

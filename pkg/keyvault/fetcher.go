@@ -14,6 +14,10 @@ import (
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/runtime"
+	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azcertificates"
+	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azkeys"
+	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets"
 	"golang.org/x/sync/errgroup"
 	"k8s.io/klog/v2"
 )
@@ -428,69 +432,48 @@ func (s *session) listVersions(ctx context.Context, obj *Object) ([]string, erro
 	switch obj.Type {
 	case TypeSecret:
 		err = s.vc.secretsFirst.do(ctx, func() error {
-			p := s.vc.secrets.NewListSecretPropertiesVersionsPager(obj.Name, nil)
-			for p.More() {
-				page, err := p.NextPage(ctx)
-				if err != nil {
-					return err
-				}
+			return eachPage(ctx, s.vc.secrets.NewListSecretPropertiesVersionsPager(obj.Name, nil), func(page azsecrets.ListSecretPropertiesVersionsResponse) {
 				for _, it := range page.Value {
 					if it == nil || it.ID == nil {
 						continue
 					}
-					var en *bool
-					var cr *time.Time
+					var a azsecrets.SecretAttributes
 					if it.Attributes != nil {
-						en, cr = it.Attributes.Enabled, it.Attributes.Created
+						a = *it.Attributes
 					}
-					add(en, cr, it.ID.Version())
+					add(a.Enabled, a.Created, it.ID.Version())
 				}
-			}
-			return nil
+			})
 		})
 	case TypeKey:
 		err = s.vc.keysFirst.do(ctx, func() error {
-			p := s.vc.keys.NewListKeyPropertiesVersionsPager(obj.Name, nil)
-			for p.More() {
-				page, err := p.NextPage(ctx)
-				if err != nil {
-					return err
-				}
+			return eachPage(ctx, s.vc.keys.NewListKeyPropertiesVersionsPager(obj.Name, nil), func(page azkeys.ListKeyPropertiesVersionsResponse) {
 				for _, it := range page.Value {
 					if it == nil || it.KID == nil {
 						continue
 					}
-					var en *bool
-					var cr *time.Time
+					var a azkeys.KeyAttributes
 					if it.Attributes != nil {
-						en, cr = it.Attributes.Enabled, it.Attributes.Created
+						a = *it.Attributes
 					}
-					add(en, cr, it.KID.Version())
+					add(a.Enabled, a.Created, it.KID.Version())
 				}
-			}
-			return nil
+			})
 		})
 	case TypeCert:
 		err = s.vc.certsFirst.do(ctx, func() error {
-			p := s.vc.certs.NewListCertificatePropertiesVersionsPager(obj.Name, nil)
-			for p.More() {
-				page, err := p.NextPage(ctx)
-				if err != nil {
-					return err
-				}
+			return eachPage(ctx, s.vc.certs.NewListCertificatePropertiesVersionsPager(obj.Name, nil), func(page azcertificates.ListCertificatePropertiesVersionsResponse) {
 				for _, it := range page.Value {
 					if it == nil || it.ID == nil {
 						continue
 					}
-					var en *bool
-					var cr *time.Time
+					var a azcertificates.CertificateAttributes
 					if it.Attributes != nil {
-						en, cr = it.Attributes.Enabled, it.Attributes.Created
+						a = *it.Attributes
 					}
-					add(en, cr, it.ID.Version())
+					add(a.Enabled, a.Created, it.ID.Version())
 				}
-			}
-			return nil
+			})
 		})
 	}
 	if err != nil {
@@ -561,6 +544,18 @@ func validFileName(name string) error {
 		if el == ".." || strings.HasPrefix(el, "..") {
 			return fmt.Errorf("file name %q must not contain \"..\" (nor begin an element with it: the atomic writer uses ..data)", name)
 		}
+	}
+	return nil
+}
+
+// eachPage calls each for every page of p.
+func eachPage[R any](ctx context.Context, p *runtime.Pager[R], each func(R)) error {
+	for p.More() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return err
+		}
+		each(page)
 	}
 	return nil
 }

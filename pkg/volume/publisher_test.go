@@ -2,9 +2,6 @@ package volume
 
 import (
 	"context"
-	"crypto/x509"
-	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -60,14 +57,7 @@ func newFixture(t *testing.T, opts Options) *fixture {
 	_, err = emu.CreateCertificate(vault, "web", emulator.CertificateOptions{ContentType: "application/x-pkcs12", ChainLength: 3, KeyType: "RSA"})
 	require.NoError(t, err)
 
-	proxy, err := url.Parse(emu.ProxyURL())
-	require.NoError(t, err)
-	pool := x509.NewCertPool()
-	require.True(t, pool.AppendCertsFromPEM(emu.CACertPEM()))
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.Proxy = http.ProxyURL(proxy)
-	tr.TLSClientConfig.RootCAs = pool
-	co := azcore.ClientOptions{Transport: &http.Client{Transport: tr}}
+	co := azcore.ClientOptions{Transport: emu.HTTPClient()}
 
 	f := &fixture{emu: emu, clientOpt: co, root: t.TempDir()}
 	f.publisher = f.newPublisher(opts)

@@ -2,11 +2,9 @@ package e2e
 
 import (
 	"context"
-	"crypto/x509"
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"slices"
 	"testing"
 	"time"
@@ -185,13 +183,7 @@ func requestCounts(emu *emulator.Emulator) map[string]int {
 // measureGET times n Key Vault GETs of one secret through the emulator with
 // a token already in hand: the floor any publish is built from.
 func measureGET(b *testing.B, emu *emulator.Emulator, n int) durations {
-	proxy, _ := url.Parse(emu.ProxyURL())
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(emu.CACertPEM())
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.Proxy = http.ProxyURL(proxy)
-	tr.TLSClientConfig.RootCAs = pool
-	client := &http.Client{Transport: tr}
+	client := emu.HTTPClient()
 	cred, err := azidentity.NewClientSecretCredential(e2eTenant, spClientID, spSecret,
 		&azidentity.ClientSecretCredentialOptions{ClientOptions: azcore.ClientOptions{Transport: client}})
 	if err != nil {

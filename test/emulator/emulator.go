@@ -3,10 +3,12 @@ package emulator
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -155,6 +157,22 @@ func (e *Emulator) CAFile() string { return e.caFile }
 
 // CACertPEM returns the CA certificate.
 func (e *Emulator) CACertPEM() []byte { return append([]byte(nil), e.ca.certPEM...) }
+
+// HTTPClient returns an HTTP client that reaches the emulator the way a Go
+// program configured for a corporate proxy reaches Azure: every request goes
+// through the emulator's proxy and its CA is trusted. Pass it as the Azure
+// SDK's ClientOptions.Transport in tests that run the SDK in-process (Go
+// reads the proxy variables only once per process, so Env suits child
+// processes).
+func (e *Emulator) HTTPClient() *http.Client {
+	proxy := &url.URL{Scheme: "http", Host: e.Addr()}
+	pool := x509.NewCertPool()
+	pool.AddCert(e.ca.cert)
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.Proxy = http.ProxyURL(proxy)
+	tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	return &http.Client{Transport: tr}
+}
 
 // Env returns the environment a Go (or curl) client needs to reach the
 // emulator instead of Azure, as KEY=value strings. NO_PROXY is emptied so that
