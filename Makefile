@@ -51,8 +51,8 @@ lint: ## gofmt, go vet and staticcheck (pinned in tools/lint).
 	$(BIN)/staticcheck ./...
 
 .PHONY: demo
-demo: ## Start the Azure emulator with the demo vault and print how to use it.
-	$(GO) run ./test/emulator/cmd/azure-emulator --config examples/emulator-demo.yaml
+demo: deps controlplane ## Mount Key Vault objects into pods with kvdriver, offline, and show each step (root).
+	$(TEST_ENV) $(GO) run ./test/demo
 
 .PHONY: clean
 clean: ## Remove build output.

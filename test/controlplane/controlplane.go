@@ -1,7 +1,7 @@
-// Package controlplane starts a real Kubernetes control plane for tests: etcd
-// and kube-apiserver on loopback with random ports, RBAC on, and a
-// service-account issuer and signing keys so that TokenRequest issues real
-// service-account tokens.
+// Package controlplane starts a real Kubernetes control plane for tests (Start)
+// and for programs such as the demo (New): etcd and kube-apiserver on loopback
+// with random ports, RBAC on, and a service-account issuer and signing keys so
+// that TokenRequest issues real service-account tokens.
 //
 // It uses controller-runtime's envtest with binaries from $KUBEBUILDER_ASSETS
 // or, when that is unset, from hack/controlplane-bins.sh, which builds the
@@ -42,7 +42,7 @@ type ControlPlane struct {
 	Issuer string
 }
 
-// Options tune Start.
+// Options tune Start and New.
 type Options struct {
 	// CRDDirectoryPaths are directories or files of CustomResourceDefinitions
 	// to install before Start returns.
@@ -52,9 +52,24 @@ type Options struct {
 // Start starts a control plane and stops it when the test ends.
 func Start(t testing.TB, opts Options) *ControlPlane {
 	t.Helper()
+	cp, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := cp.Stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	return cp
+}
+
+// New starts a control plane, for programs that are not tests. The caller
+// must Stop it.
+func New(opts Options) (*ControlPlane, error) {
 	assets, err := binaryAssets()
 	if err != nil {
-		t.Fatalf("control plane binaries: %v", err)
+		return nil, fmt.Errorf("control plane binaries: %w", err)
 	}
 	env := &envtest.Environment{
 		BinaryAssetsDirectory:    assets,
@@ -72,20 +87,24 @@ func Start(t testing.TB, opts Options) *ControlPlane {
 	cfg, err := env.Start()
 	if err != nil {
 		_ = env.Stop()
-		t.Fatalf("start control plane: %v", err)
+		return nil, fmt.Errorf("start control plane: %w", err)
 	}
-	t.Cleanup(func() {
-		if err := env.Stop(); err != nil {
-			t.Errorf("stop control plane: %v", err)
-		}
-	})
 	client, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
-		t.Fatalf("clientset: %v", err)
+		_ = env.Stop()
+		return nil, fmt.Errorf("clientset: %w", err)
 	}
 	// envtest sets --service-account-issuer to the secure serving URL.
 	issuer := env.ControlPlane.APIServer.SecureServing.URL("https", "/").String()
-	return &ControlPlane{env: env, Config: cfg, Client: client, Issuer: issuer}
+	return &ControlPlane{env: env, Config: cfg, Client: client, Issuer: issuer}, nil
+}
+
+// Stop stops kube-apiserver and etcd and removes their data.
+func (cp *ControlPlane) Stop() error {
+	if err := cp.env.Stop(); err != nil {
+		return fmt.Errorf("stop control plane: %w", err)
+	}
+	return nil
 }
 
 // binaryAssets returns the directory holding etcd and kube-apiserver.

@@ -16,11 +16,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/kvnode/kvnode/test/netns"
 )
 
 const (
@@ -39,7 +38,7 @@ const (
 // that need isolation skip with the reason. Binary finds the built programs.
 func Main(m *testing.M, programs ...string) {
 	if os.Getenv(envInNetns) == "1" {
-		if err := loopbackUp(); err != nil {
+		if err := netns.LoopbackUp(); err != nil {
 			fmt.Fprintf(os.Stderr, "testenv: bring up loopback in the private network namespace: %v\n", err)
 			os.Exit(2)
 		}
@@ -109,42 +108,15 @@ func buildPrograms(dir string, programs []string) ([]string, error) {
 	return env, nil
 }
 
+// reexecInNetns runs the test binary again in a private network namespace
+// and returns its exit status.
 func reexecInNetns(env []string) int {
-	self, err := os.Executable()
+	code, err := netns.Reexec(append([]string{envInNetns + "=1"}, env...))
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "testenv: %v\n", err)
-		return 2
-	}
-	cmd := exec.Command(self, os.Args[1:]...)
-	cmd.Env = append(append(os.Environ(), envInNetns+"=1"), env...)
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Run(); err != nil {
-		if ee, ok := err.(*exec.ExitError); ok {
-			return ee.ExitCode()
-		}
 		fmt.Fprintf(os.Stderr, "testenv: run tests in a private network namespace: %v\n", err)
 		return 2
 	}
-	return 0
-}
-
-// loopbackUp sets the IFF_UP flag on lo.
-func loopbackUp() error {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(fd)
-	ifr, err := unix.NewIfreq("lo")
-	if err != nil {
-		return err
-	}
-	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
-		return err
-	}
-	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
-	return unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
+	return code
 }
 
 // RequireNetns skips the test unless it runs in the private namespace.
