@@ -1,0 +1,358 @@
+// Package podindex finds the pods of one node by source address or by name.
+// It is nmi's imds.PodFinder: a pod informer limited to the node's pods feeds
+// two maps, pod IP -> pod and namespace/name -> pod, so that a token request
+// costs a map lookup under a read lock and never a call to the API server.
+//
+// Address ownership follows the node's churn. Every pod that lists an address
+// in status.podIPs claims it; host-network pods (they share the node's
+// address) and pods in a terminal phase claim nothing. When two pods claim
+// one address, because a new pod inherited the address of a pod whose
+// deletion the informer has not delivered yet, the claim that is not from a
+// terminating pod wins, and among those the most recent claim. Claims are
+// keyed by pod UID and removed only by their own pod's events, so a late
+// update or delete of the old pod never takes the address from the new one.
+package podindex
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sync"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/klog/v2"
+
+	"github.com/kvnode/kvnode/pkg/imds"
+)
+
+var _ imds.PodFinder = (*Index)(nil)
+
+// Index is an imds.PodFinder for the pods of one node. Create it with New,
+// start it with Start and serve once HasSynced reports true.
+type Index struct {
+	node     string
+	factory  informers.SharedInformerFactory
+	informer cache.SharedIndexInformer
+	synced   cache.ResourceEventHandlerRegistration
+
+	mu sync.RWMutex
+	// byUID holds every indexed pod; a pod's claims point at its record.
+	byUID map[types.UID]*record
+	// byName maps namespace/name to the pod of that name.
+	byName map[podName]*record
+	// byIP holds the claims on each address, the winning claim first.
+	// Usually there is one.
+	byIP map[netip.Addr][]claim
+	// seq numbers claims in the order they were first seen.
+	seq uint64
+}
+
+// podName is a pod's namespace and name.
+type podName struct{ namespace, name string }
+
+// record is one indexed pod.
+type record struct {
+	pod imds.Pod
+	uid types.UID
+	// ips are the addresses the pod claims (empty for host-network and
+	// terminal pods).
+	ips []netip.Addr
+	// terminating is set once the pod has a deletion timestamp; its claims
+	// yield to those of pods that are not terminating.
+	terminating bool
+}
+
+// claim is a pod's claim on an address.
+type claim struct {
+	rec *record
+	seq uint64
+}
+
+// beats reports whether claim c wins over d.
+func (c claim) beats(d claim) bool {
+	if c.rec.terminating != d.rec.terminating {
+		return !c.rec.terminating
+	}
+	return c.seq > d.seq
+}
+
+// New returns an index of the pods whose spec.nodeName is node. Its informer
+// lists and watches only those pods through client.
+func New(client kubernetes.Interface, node string) (*Index, error) {
+	if node == "" {
+		return nil, errors.New("podindex: node name is required")
+	}
+	selector := fields.OneTermEqualSelector("spec.nodeName", node).String()
+	factory := informers.NewSharedInformerFactoryWithOptions(client, 0,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = selector }),
+		informers.WithTransform(slimPod))
+	ix := newIndex()
+	ix.node = node
+	ix.factory = factory
+	ix.informer = factory.Core().V1().Pods().Informer()
+	reg, err := ix.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { ix.observe(obj) },
+		UpdateFunc: func(_, obj any) { ix.observe(obj) },
+		DeleteFunc: ix.forget,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("podindex: add event handler: %w", err)
+	}
+	ix.synced = reg
+	return ix, nil
+}
+
+// newIndex returns an empty index without an informer.
+func newIndex() *Index {
+	return &Index{
+		byUID:  make(map[types.UID]*record),
+		byName: make(map[podName]*record),
+		byIP:   make(map[netip.Addr][]claim),
+	}
+}
+
+// Start runs the informer until ctx ends. It does not block.
+func (ix *Index) Start(ctx context.Context) {
+	ix.factory.StartWithContext(ctx)
+}
+
+// Shutdown waits for the informer's goroutines to end after Start's context
+// has ended.
+func (ix *Index) Shutdown() {
+	ix.factory.Shutdown()
+}
+
+// HasSynced reports whether the index holds every pod of the initial list,
+// for readiness: until then a pod that exists may not be found.
+func (ix *Index) HasSynced() bool {
+	return ix.synced.HasSynced()
+}
+
+// WaitForSync blocks until HasSynced or until ctx ends, and reports which.
+func (ix *Index) WaitForSync(ctx context.Context) bool {
+	return cache.WaitForCacheSync(ctx.Done(), ix.synced.HasSynced)
+}
+
+// PodByIP returns the pod that owns address ip. IPv4-mapped IPv6 addresses
+// are looked up as IPv4, and an IPv6 zone is ignored.
+func (ix *Index) PodByIP(ip netip.Addr) (imds.Pod, bool) {
+	ip = ip.Unmap().WithZone("")
+	ix.mu.RLock()
+	defer ix.mu.RUnlock()
+	claims := ix.byIP[ip]
+	if len(claims) == 0 {
+		return imds.Pod{}, false
+	}
+	return claims[0].rec.pod, true
+}
+
+// PodByName returns the pod namespace/name, whatever its phase or network.
+func (ix *Index) PodByName(namespace, name string) (imds.Pod, bool) {
+	ix.mu.RLock()
+	defer ix.mu.RUnlock()
+	rec, ok := ix.byName[podName{namespace, name}]
+	if !ok {
+		return imds.Pod{}, false
+	}
+	return rec.pod, true
+}
+
+// observe indexes an added or updated pod.
+func (ix *Index) observe(obj any) {
+	p, ok := obj.(*corev1.Pod)
+	if !ok {
+		klog.ErrorS(nil, "podindex: unexpected object from the pod informer", "type", fmt.Sprintf("%T", obj))
+		return
+	}
+	ips := claimedIPs(p)
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	ix.set(p, ips)
+}
+
+// forget removes a deleted pod.
+func (ix *Index) forget(obj any) {
+	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = t.Obj
+	}
+	p, ok := obj.(*corev1.Pod)
+	if !ok {
+		klog.ErrorS(nil, "podindex: unexpected deleted object from the pod informer", "type", fmt.Sprintf("%T", obj))
+		return
+	}
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	ix.remove(p.UID)
+}
+
+// set makes the index reflect pod p claiming ips. ix.mu is held.
+func (ix *Index) set(p *corev1.Pod, ips []netip.Addr) {
+	key := podName{p.Namespace, p.Name}
+	// The informer keys pods by name: after a relist, a pod deleted and
+	// recreated under the same name arrives as an update with a new UID.
+	if old, ok := ix.byName[key]; ok && old.uid != p.UID {
+		ix.remove(old.uid)
+	}
+	rec, existed := ix.byUID[p.UID]
+	if !existed {
+		rec = &record{uid: p.UID}
+		ix.byUID[p.UID] = rec
+	}
+	// The record is shared by the claims, and readers copy rec.pod under
+	// the read lock, so it is updated in place under the write lock.
+	rec.pod = imds.Pod{
+		Namespace:      p.Namespace,
+		Name:           p.Name,
+		UID:            string(p.UID),
+		ServiceAccount: serviceAccount(p),
+		Labels:         p.Labels,
+	}
+	wasTerminating := rec.terminating
+	rec.terminating = p.DeletionTimestamp != nil
+	ix.byName[key] = rec
+
+	for _, ip := range rec.ips {
+		if !slices.Contains(ips, ip) {
+			ix.unclaim(ip, rec)
+		}
+	}
+	for _, ip := range ips {
+		if !slices.Contains(rec.ips, ip) {
+			ix.claim(ip, rec)
+		} else if wasTerminating != rec.terminating {
+			ix.rank(ip)
+		}
+	}
+	rec.ips = ips
+}
+
+// remove drops the pod with uid and its claims. ix.mu is held.
+func (ix *Index) remove(uid types.UID) {
+	rec, ok := ix.byUID[uid]
+	if !ok {
+		return
+	}
+	for _, ip := range rec.ips {
+		ix.unclaim(ip, rec)
+	}
+	delete(ix.byUID, uid)
+	key := podName{rec.pod.Namespace, rec.pod.Name}
+	if ix.byName[key] == rec {
+		delete(ix.byName, key)
+	}
+}
+
+// claim adds rec's claim on ip as the newest. ix.mu is held.
+func (ix *Index) claim(ip netip.Addr, rec *record) {
+	ix.seq++
+	claims := append(ix.byIP[ip], claim{rec: rec, seq: ix.seq})
+	if len(claims) > 1 {
+		klog.V(2).InfoS("two pods claim one address; the newest claim of a pod that is not terminating wins",
+			"ip", ip, "pod", klog.KRef(rec.pod.Namespace, rec.pod.Name), "other", klog.KRef(claims[0].rec.pod.Namespace, claims[0].rec.pod.Name))
+	}
+	ix.byIP[ip] = claims
+	ix.rank(ip)
+}
+
+// unclaim removes rec's claim on ip, leaving other pods' claims. ix.mu is
+// held.
+func (ix *Index) unclaim(ip netip.Addr, rec *record) {
+	claims := ix.byIP[ip]
+	kept := claims[:0]
+	for _, c := range claims {
+		if c.rec != rec {
+			kept = append(kept, c)
+		}
+	}
+	if len(kept) == 0 {
+		delete(ix.byIP, ip)
+		return
+	}
+	clear(claims[len(kept):])
+	ix.byIP[ip] = kept
+	ix.rank(ip)
+}
+
+// rank moves the winning claim on ip to the front. ix.mu is held.
+func (ix *Index) rank(ip netip.Addr) {
+	claims := ix.byIP[ip]
+	for i := 1; i < len(claims); i++ {
+		if claims[i].beats(claims[0]) {
+			claims[0], claims[i] = claims[i], claims[0]
+		}
+	}
+}
+
+// claimedIPs returns the addresses pod p owns: its status.podIPs (or
+// status.podIP), none for a host-network pod or a pod in a terminal phase.
+func claimedIPs(p *corev1.Pod) []netip.Addr {
+	if p.Spec.HostNetwork || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+		return nil
+	}
+	var ips []netip.Addr
+	add := func(s string) {
+		ip, err := netip.ParseAddr(s)
+		if err != nil {
+			if s != "" {
+				klog.V(2).InfoS("ignoring an unparsable pod IP", "pod", klog.KObj(p), "ip", s)
+			}
+			return
+		}
+		ip = ip.Unmap().WithZone("")
+		if !slices.Contains(ips, ip) {
+			ips = append(ips, ip)
+		}
+	}
+	for _, pip := range p.Status.PodIPs {
+		add(pip.IP)
+	}
+	// status.podIP is podIPs[0] when both are set; older writers set only it.
+	add(p.Status.PodIP)
+	return ips
+}
+
+// slimPod keeps only the fields the index reads, so that the informer's
+// cache of the node's pods stays small.
+func slimPod(obj any) (any, error) {
+	p, ok := obj.(*corev1.Pod)
+	if !ok {
+		return obj, nil
+	}
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{
+			Namespace:         p.Namespace,
+			Name:              p.Name,
+			UID:               p.UID,
+			ResourceVersion:   p.ResourceVersion,
+			Labels:            p.Labels,
+			DeletionTimestamp: p.DeletionTimestamp,
+		},
+		Spec: corev1.PodSpec{
+			NodeName:           p.Spec.NodeName,
+			ServiceAccountName: p.Spec.ServiceAccountName,
+			HostNetwork:        p.Spec.HostNetwork,
+		},
+		Status: corev1.PodStatus{
+			Phase:  p.Status.Phase,
+			PodIP:  p.Status.PodIP,
+			PodIPs: p.Status.PodIPs,
+		},
+	}, nil
+}
+
+// serviceAccount returns the name of p's service account; an empty name
+// means "default", as the API server's admission fills it in.
+func serviceAccount(p *corev1.Pod) string {
+	if p.Spec.ServiceAccountName == "" {
+		return "default"
+	}
+	return p.Spec.ServiceAccountName
+}
