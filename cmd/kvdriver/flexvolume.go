@@ -16,6 +16,7 @@ import (
 	"k8s.io/klog/v2/textlogger"
 
 	"github.com/kvnode/kvnode/pkg/flexvolume"
+	"github.com/kvnode/kvnode/pkg/identity"
 )
 
 // flexVolumeDriverName is the file name kubelet runs the azure/kv driver by:
@@ -28,6 +29,8 @@ type FlexVolumeConfig struct {
 	Verbosity int
 	TmpfsSize string
 	Timeout   time.Duration
+	// NMIEndpoint is nmi's node-local /host/token/ base URL (usepodidentity).
+	NMIEndpoint string
 }
 
 // flexVolumeArgs returns the FlexVolume call's arguments (flags, then the
@@ -63,6 +66,7 @@ func flexVolumeCall(args []string) flexvolume.Result {
 	fs.IntVar(&cfg.Verbosity, "v", 0, "log verbosity")
 	fs.StringVar(&cfg.TmpfsSize, "tmpfs-size", "32m", "size limit of the volume's tmpfs")
 	fs.DurationVar(&cfg.Timeout, "timeout", 2*time.Minute, "time limit of one call")
+	fs.StringVar(&cfg.NMIEndpoint, "nmi-endpoint", identity.DefaultNMIEndpoint, "nmi's node-local endpoint for usepodidentity mounts")
 	if err := fs.Parse(args); err != nil {
 		return flexvolume.Failure("kvdriver flexvolume: %v; usage: [--log-file FILE] [-v N] [--tmpfs-size SIZE] [--timeout DURATION] init | mount <target dir> <JSON options> | unmount <target dir>", err)
 	}
@@ -80,7 +84,7 @@ func flexVolumeCall(args []string) flexvolume.Result {
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	// The process serves one call: an object cache could never be shared.
-	driver := flexvolume.NewDriver(newPublisher(cfg.TmpfsSize, 0))
+	driver := flexvolume.NewDriver(newPublisher(cfg.TmpfsSize, 0, cfg.NMIEndpoint))
 	return driver.Run(klog.NewContext(ctx, logger), fs.Args())
 }
 

@@ -40,8 +40,10 @@ type Config struct {
 	TmpfsSize  string
 	Resync     time.Duration
 	CacheTTL   time.Duration
-	KubeQPS    float64
-	KubeBurst  int
+	// NMIEndpoint is nmi's node-local /host/token/ base URL (usePodIdentity).
+	NMIEndpoint string
+	KubeQPS     float64
+	KubeBurst   int
 }
 
 func main() {
@@ -73,6 +75,7 @@ func run(args []string) error {
 	fs.DurationVar(&cfg.Resync, "informer-resync", 10*time.Minute, "resync period of the SecretProviderClass informer")
 	fs.DurationVar(&cfg.CacheTTL, "object-cache-ttl", time.Minute,
 		"how long a fetched object is shared by the mounts of the same identity on this node; bounds how late a rotated secret appears (0 disables)")
+	fs.StringVar(&cfg.NMIEndpoint, "nmi-endpoint", identity.DefaultNMIEndpoint, "nmi's node-local endpoint for usePodIdentity mounts")
 	fs.Float64Var(&cfg.KubeQPS, "kube-api-qps", 50, "queries per second to the API server (pod status writes: one per new mount or rotation)")
 	fs.IntVar(&cfg.KubeBurst, "kube-api-burst", 100, "burst of queries to the API server")
 	showVersion := fs.Bool("version", false, "print the version and exit")
@@ -106,7 +109,7 @@ func run(args []string) error {
 
 	classes := csi.NewClassInformer(dyn, cfg.Resync)
 	statuses := csi.NewStatusRecorder(csi.NewPodStatusWriter(dyn), 100*time.Millisecond)
-	node := csi.NewNodeServer(cfg.NodeID, classes, newPublisher(cfg.TmpfsSize, cfg.CacheTTL), statuses)
+	node := csi.NewNodeServer(cfg.NodeID, classes, newPublisher(cfg.TmpfsSize, cfg.CacheTTL, cfg.NMIEndpoint), statuses)
 	ids := csi.NewIdentityServer(cfg.DriverName, version.Version, classes.HasSynced)
 	srv, err := csi.Listen(cfg.Endpoint, ids, node)
 	if err != nil {
@@ -134,10 +137,10 @@ func run(args []string) error {
 // newPublisher builds the publisher both front doors mount with: Key Vault
 // fetch and conversion (objects shared for cacheTTL; 0 disables),
 // credentials, and tmpfs mounts by system call.
-func newPublisher(tmpfsSize string, cacheTTL time.Duration) *volume.Publisher {
+func newPublisher(tmpfsSize string, cacheTTL time.Duration, nmiEndpoint string) *volume.Publisher {
 	return volume.NewPublisher(volume.NewMounter(),
 		keyvault.NewFetcher(keyvault.Options{CacheTTL: cacheTTL}),
-		identity.NewCredentials(identity.Options{}),
+		identity.NewCredentials(identity.Options{NMIEndpoint: nmiEndpoint}),
 		volume.Options{TmpfsSize: tmpfsSize})
 }
 

@@ -248,6 +248,7 @@ func identityRequest(cfg *spc.Config, pod podInfo, req *csipb.NodePublishVolumeR
 		r.ManagedIdentityID = cfg.UserAssignedIdentityID
 	case spc.PodIdentity:
 		r.Mode = identity.PodIdentity
+		r.Namespace, r.PodName = pod.namespace, pod.name
 	}
 	return r, nil
 }
@@ -284,8 +285,6 @@ func publishError(err error) error {
 	switch {
 	case errors.As(err, &fe):
 		return status.Error(codes.InvalidArgument, err.Error())
-	case errors.Is(err, identity.ErrUnsupported):
-		return status.Error(codes.FailedPrecondition, err.Error())
 	}
 	var kerr *keyvault.Error
 	if !errors.As(err, &kerr) {

@@ -32,7 +32,6 @@ import (
 
 	"k8s.io/klog/v2"
 
-	"github.com/kvnode/kvnode/pkg/identity"
 	"github.com/kvnode/kvnode/pkg/volume"
 )
 
@@ -160,9 +159,6 @@ func (d *Driver) mount(ctx context.Context, dir, rawOptions string) Result {
 	})
 	if err != nil {
 		logger.Error(err, "mount failed")
-		if errors.Is(err, identity.ErrUnsupported) && vol.Identity.Mode == identity.PodIdentity {
-			return Failure("mount %s: usepodidentity: not supported yet: pod identity needs kvnode's nmi, which this release does not include; use usevmmanagedidentity or a service principal (secretRef) for now", dir)
-		}
 		return Failure("mount %s: %v", dir, err)
 	}
 	logger.Info("mounted", "objects", len(vol.Objects), "files", len(res.Versions), "newMount", res.Mounted)

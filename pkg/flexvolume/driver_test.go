@@ -140,28 +140,6 @@ func (f fetcherFunc) Fetch(ctx context.Context, req keyvault.Request) (*keyvault
 	return f(ctx, req)
 }
 
-// TestMountPodIdentityNotSupported runs the real publisher and credential
-// code: usepodidentity needs nmi, which does not exist yet.
-func TestMountPodIdentityNotSupported(t *testing.T) {
-	mounter := mount.NewFakeMounter(nil)
-	fetched := 0
-	pub := volume.NewPublisher(mounter,
-		fetcherFunc(func(context.Context, keyvault.Request) (*keyvault.Result, error) {
-			fetched++
-			return &keyvault.Result{}, nil
-		}),
-		identity.NewCredentials(identity.Options{}), volume.Options{})
-	target := filepath.Join(t.TempDir(), "mount")
-	r := NewDriver(pub).Run(context.Background(), []string{"mount", target, kubeletJSON(t, map[string]string{
-		"usepodidentity": "true", "kubernetes.io/secret/clientid": "", "kubernetes.io/secret/clientsecret": "",
-	})})
-	assert.Equal(t, StatusFailure, r.Status)
-	assert.Contains(t, r.Message, "usepodidentity: not supported yet: pod identity needs kvnode's nmi, which this release does not include")
-	assert.Zero(t, fetched)
-	assert.Empty(t, mounter.GetLog())
-	assert.NoDirExists(t, target)
-}
-
 func TestFailureIsOneLine(t *testing.T) {
 	pub := &recordingPublisher{err: errors.New("authentication failed.\nPOST https://login.example/token\n----\nRESPONSE 401")}
 	r := NewDriver(pub).Run(context.Background(), []string{"mount", "/mnt/x", kubeletJSON(t, nil)})

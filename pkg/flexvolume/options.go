@@ -495,7 +495,7 @@ func parseIdentity(opts map[string]string, pod Pod, p *problems) identity.Reques
 	switch {
 	case usePod:
 		r.Mode = identity.PodIdentity
-		r.Namespace, r.ServiceAccount = pod.Namespace, pod.ServiceAccount
+		r.Namespace, r.ServiceAccount, r.PodName = pod.Namespace, pod.ServiceAccount, pod.Name
 		if pod.Name == "" || pod.Namespace == "" {
 			p.add(optPodName, "kubelet passed no pod name and namespace, which pod identity needs")
 		}

@@ -8,8 +8,8 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
+	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -56,6 +56,9 @@ type Request struct {
 	ServiceAccountToken string
 	Namespace           string
 	ServiceAccount      string
+	// PodName, with Namespace, names the pod whose identity nmi serves
+	// (PodIdentity).
+	PodName string
 	// ManagedIdentityID is a user-assigned identity's client ID
 	// (VMManagedIdentity); empty selects the node's only identity.
 	ManagedIdentityID string
@@ -70,9 +73,6 @@ type FieldError struct {
 
 func (e *FieldError) Error() string { return e.Field + ": " + e.Problem }
 
-// ErrUnsupported is returned for a mode this build cannot serve.
-var ErrUnsupported = errors.New("authentication mode not supported")
-
 // Options configure Credentials.
 type Options struct {
 	// ClientOptions are passed to every azidentity credential: the cloud
@@ -80,6 +80,9 @@ type Options struct {
 	ClientOptions azcore.ClientOptions
 	// MaxEntries bounds the credentials kept; default 1,000.
 	MaxEntries int
+	// NMIEndpoint is nmi's /host/token/ base URL for PodIdentity; default
+	// DefaultNMIEndpoint.
+	NMIEndpoint string
 }
 
 // credKey identifies a reusable credential. The client secret appears only
@@ -93,6 +96,7 @@ type credKey struct {
 	secretHash   [sha256.Size]byte
 	namespace    string
 	serviceAcct  string
+	podName      string
 	managedIdent string
 }
 
@@ -100,7 +104,7 @@ type credKey struct {
 // caches (SDK clients) by credential.
 func (k credKey) id() string {
 	h := sha256.New()
-	for _, s := range []string{string(k.mode), k.authority, k.tenant, k.clientID, k.namespace, k.serviceAcct, k.managedIdent} {
+	for _, s := range []string{string(k.mode), k.authority, k.tenant, k.clientID, k.namespace, k.serviceAcct, k.podName, k.managedIdent} {
 		h.Write([]byte(s))
 		h.Write([]byte{0})
 	}
@@ -132,6 +136,9 @@ type Credentials struct {
 func NewCredentials(opts Options) *Credentials {
 	if opts.MaxEntries <= 0 {
 		opts.MaxEntries = 1000
+	}
+	if opts.NMIEndpoint == "" {
+		opts.NMIEndpoint = DefaultNMIEndpoint
 	}
 	return &Credentials{opts: opts, entries: map[credKey]*cached{}}
 }
@@ -201,7 +208,11 @@ func keyFor(req Request) (credKey, error) {
 	case VMManagedIdentity:
 		k.managedIdent = req.ManagedIdentityID
 	case PodIdentity:
-		return k, fmt.Errorf("%w: usePodIdentity needs nmi's /host/token endpoint, which this release does not include", ErrUnsupported)
+		// nmi chooses the identity per pod, so the credential is per pod.
+		if req.Namespace == "" || req.PodName == "" {
+			return k, &FieldError{Field: "csi.storage.k8s.io/pod.name", Problem: "the pod's namespace and name are required for pod identity"}
+		}
+		k.namespace, k.podName = req.Namespace, req.PodName
 	default:
 		return k, &FieldError{Field: "mode", Problem: fmt.Sprintf("unknown authentication mode %q", req.Mode)}
 	}
@@ -216,6 +227,9 @@ func (c *Credentials) build(key credKey, req Request) (*cached, error) {
 	e := &cached{id: key.id(), lastUsed: time.Now()}
 	var err error
 	switch req.Mode {
+	case PodIdentity:
+		e.cred = &podIdentityCredential{endpoint: strings.TrimRight(c.opts.NMIEndpoint, "/"),
+			client: &http.Client{Timeout: 30 * time.Second}, namespace: req.Namespace, pod: req.PodName}
 	case ServicePrincipal:
 		e.cred, err = azidentity.NewClientSecretCredential(req.TenantID, req.ClientID, req.ClientSecret,
 			&azidentity.ClientSecretCredentialOptions{ClientOptions: opts})

@@ -208,8 +208,10 @@ func TestCredentialRequestErrorsNameTheField(t *testing.T) {
 			assert.Equal(t, tc.field, fe.Field)
 		})
 	}
-	_, _, err := creds.Credential(Request{Mode: PodIdentity})
-	assert.ErrorIs(t, err, ErrUnsupported)
+	_, _, err := creds.Credential(Request{Mode: PodIdentity, Namespace: "apps"})
+	var fe *FieldError
+	require.ErrorAs(t, err, &fe)
+	assert.Equal(t, "csi.storage.k8s.io/pod.name", fe.Field)
 }
 
 func TestCredentialsAreBounded(t *testing.T) {

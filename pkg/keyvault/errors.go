@@ -154,6 +154,11 @@ func classifyCause(err error) Kind {
 	if errors.As(err, &af) {
 		return KindAuthentication
 	}
+	// A credential of our own (pod identity through nmi) says so itself.
+	var refused interface{ AuthenticationFailed() bool }
+	if errors.As(err, &refused) && refused.AuthenticationFailed() {
+		return KindAuthentication
+	}
 	var re *azcore.ResponseError
 	if errors.As(err, &re) {
 		return classifyStatus(re.StatusCode)

@@ -420,11 +420,11 @@ func TestFlexVolumeFailures(t *testing.T) {
 		json:   func(v string) string { return kubeletOptions(t, nginxPod, v, good, nil, -1) },
 		expect: []string{"kubernetes.io/secret/clientid: missing: set secretRef", "kubernetes.io/secret/clientsecret: missing"},
 	}, {
-		name: "pod identity is not supported yet",
+		name: "pod identity with nmi not running",
 		json: func(v string) string {
 			return kubeletOptions(t, nginxPod, v, with(map[string]string{"usepodidentity": "true"}), nil, -1)
 		},
-		expect: []string{"usepodidentity: not supported yet: pod identity needs kvnode's nmi, which this release does not include"},
+		expect: []string{"pod identity: nmi at http://127.0.0.1:2579"},
 	}, {
 		name: "wrong client secret",
 		json: func(v string) string {
