@@ -28,7 +28,7 @@ TEST_ENV = KUBEBUILDER_ASSETS=$$(hack/controlplane-bins.sh) KVNODE_HELM=$$(hack/
 
 .PHONY: build
 build: ## Build the binaries into bin/.
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/kvdriver ./test/emulator/cmd/azure-emulator
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/kvdriver ./cmd/nmi ./test/emulator/cmd/azure-emulator
 
 .PHONY: test
 test: deps controlplane ## Run every test: unit, emulator SDK tests, control-plane e2e (root).

@@ -10,6 +10,7 @@ wanted=(
 	"iptables:iptables"
 	"make:make"
 	"git:git"
+	"curl:curl"
 )
 
 missing=()

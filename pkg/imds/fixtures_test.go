@@ -61,7 +61,7 @@ type countingTokens struct {
 	nbf   time.Time
 }
 
-func (c *countingTokens) Token(_ context.Context, id Identity, resource string) (tokencache.Token, error) {
+func (c *countingTokens) Token(_ context.Context, _ Pod, id Identity, resource string) (tokencache.Token, error) {
 	c.calls.Add(1)
 	c.mu.Lock()
 	defer c.mu.Unlock()

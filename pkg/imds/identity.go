@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/netip"
 
+	"github.com/kvnode/kvnode/pkg/identity"
 	"github.com/kvnode/kvnode/pkg/tokencache"
 )
 
@@ -74,19 +75,21 @@ type Identity struct {
 	Source   Source
 }
 
-// TokenSource returns an access token of identity id for resource. It is the
-// cache in front of the upstreams (CacheTokens adapts tokencache.Cache);
-// the handler calls it on every request, so hits must be cheap.
+// TokenSource returns an access token of identity id for resource, on
+// behalf of pod. It is the cache in front of the upstreams (CacheTokens
+// adapts tokencache.Cache); the handler calls it on every request, so hits
+// must be cheap. The pod matters for workload identities: their tokens come
+// from the pod's service account's federated credential.
 type TokenSource interface {
-	Token(ctx context.Context, id Identity, resource string) (tokencache.Token, error)
+	Token(ctx context.Context, pod Pod, id Identity, resource string) (tokencache.Token, error)
 }
 
 // TokenSourceFunc adapts a function to TokenSource.
-type TokenSourceFunc func(ctx context.Context, id Identity, resource string) (tokencache.Token, error)
+type TokenSourceFunc func(ctx context.Context, pod Pod, id Identity, resource string) (tokencache.Token, error)
 
 // Token calls f.
-func (f TokenSourceFunc) Token(ctx context.Context, id Identity, resource string) (tokencache.Token, error) {
-	return f(ctx, id, resource)
+func (f TokenSourceFunc) Token(ctx context.Context, pod Pod, id Identity, resource string) (tokencache.Token, error) {
+	return f(ctx, pod, id, resource)
 }
 
 // ErrNoSource is returned for an identity whose Source has no token source
@@ -94,30 +97,38 @@ func (f TokenSourceFunc) Token(ctx context.Context, id Identity, resource string
 var ErrNoSource = errors.New("no token source for this kind of identity")
 
 // CacheTokens is a TokenSource backed by one tokencache.Cache per identity
-// source, keyed by (client ID, resource, tenant).
+// source. IMDS tokens are keyed by (client ID, resource); the node's
+// identities are the node's, whichever pod asks. Workload-identity tokens
+// are keyed by identity.WorkloadKey, which adds the pod's service account:
+// a token obtained through one service account's federated credential is
+// never served to a pod of another service account that names the same
+// client ID.
 type CacheTokens struct {
 	// IMDS is the cache in front of the node's IMDS (see NewUpstream).
 	IMDS *tokencache.Cache
-	// WorkloadIdentity is the cache in front of Entra ID's token exchange;
-	// nil refuses workload identities with ErrNoSource.
+	// WorkloadIdentity is the cache in front of Entra ID's token exchange
+	// (identity.WorkloadTokens); nil refuses workload identities with
+	// ErrNoSource.
 	WorkloadIdentity *tokencache.Cache
 }
 
 var _ TokenSource = CacheTokens{}
 
 // Token returns the cached token for id and resource, fetching it on a miss.
-func (c CacheTokens) Token(ctx context.Context, id Identity, resource string) (tokencache.Token, error) {
-	var cache *tokencache.Cache
+func (c CacheTokens) Token(ctx context.Context, pod Pod, id Identity, resource string) (tokencache.Token, error) {
 	switch id.Source {
 	case SourceIMDS:
-		cache = c.IMDS
+		if c.IMDS != nil {
+			return c.IMDS.Get(ctx, tokencache.Key{Identity: id.ClientID, Resource: resource, Tenant: id.TenantID})
+		}
 	case SourceWorkloadIdentity:
-		cache = c.WorkloadIdentity
+		if c.WorkloadIdentity != nil {
+			key := identity.WorkloadKey{Namespace: pod.Namespace, ServiceAccount: pod.ServiceAccount,
+				ClientID: id.ClientID, TenantID: id.TenantID, Resource: resource}
+			return c.WorkloadIdentity.Get(ctx, key.CacheKey())
+		}
 	}
-	if cache == nil {
-		return tokencache.Token{}, ErrNoSource
-	}
-	return cache.Get(ctx, tokencache.Key{Identity: id.ClientID, Resource: resource, Tenant: id.TenantID})
+	return tokencache.Token{}, ErrNoSource
 }
 
 // Stats sums the caches' counters, for Config.CacheStats.

@@ -160,6 +160,28 @@ func (s *Server) HTTPServer(addr string) *http.Server {
 	}
 }
 
+// Restrict returns a handler that serves only the named routes (TokenPath,
+// HostTokenPath, ...) and answers every other request target 404, exactly
+// as it answers an unknown path. nmi serves pods and the node on separate
+// listeners: the address pods are sent to carries only TokenPath, so that
+// no pod can reach /host/token/ or /metrics at all, whatever its address.
+func (s *Server) Restrict(routes ...string) http.Handler {
+	allowed := make(map[string]bool, len(routes))
+	for _, r := range routes {
+		allowed[r] = true
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		path, _, _ := strings.Cut(r.RequestURI, "?")
+		if !allowed[path] {
+			start := s.now()
+			status := s.writeError(w, &requestError{status: http.StatusNotFound, code: "not_found", desc: descNotFound})
+			s.metrics.observe(epUnknown, status, s.now().Sub(start))
+			return
+		}
+		s.ServeHTTP(w, r)
+	})
+}
+
 // ServeHTTP routes a request on its raw request target.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := s.now()

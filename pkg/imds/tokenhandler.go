@@ -81,7 +81,7 @@ func (s *Server) answerToken(ctx context.Context, w http.ResponseWriter, pod Pod
 		}
 		return s.writeError(w, rerr)
 	}
-	tok, err := s.tokens.Token(ctx, id, q.resource)
+	tok, err := s.tokens.Token(ctx, pod, id, q.resource)
 	if err != nil {
 		e := upstreamFailure(err)
 		klog.FromContext(ctx).Info("token request failed", "pod", klog.KRef(pod.Namespace, pod.Name),

@@ -1,0 +1,264 @@
+// Command nmi is kvnode's node managed-identity daemon. iptables sends pods'
+// requests for the instance metadata endpoint (169.254.169.254:80) to it;
+// it finds the calling pod by source address, checks that the identity asked
+// for is bound to the pod's ServiceAccount (workload-identity annotations or
+// aad-pod-identity's AzureIdentityBindings), and answers with a token from
+// its cache: from the node's IMDS for managed identities assigned to the
+// node, or from Entra ID's exchange of the pod's service-account token for
+// workload identities.
+//
+// It serves two listeners: --listen-addr, the DNAT target pods reach, with
+// only the IMDS token path; and --host-addr on loopback, with /host/token/
+// for kvdriver, /healthz, /readyz and /metrics, which no pod can reach.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"golang.org/x/sync/errgroup"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
+
+	"github.com/kvnode/kvnode/pkg/bindings"
+	"github.com/kvnode/kvnode/pkg/identity"
+	"github.com/kvnode/kvnode/pkg/imds"
+	"github.com/kvnode/kvnode/pkg/interception"
+	"github.com/kvnode/kvnode/pkg/podindex"
+	"github.com/kvnode/kvnode/pkg/tokencache"
+	"github.com/kvnode/kvnode/pkg/version"
+)
+
+// Config is nmi's command line.
+type Config struct {
+	NodeName            string
+	Kubeconfig          string
+	ListenAddr          netip.AddrPort
+	HostAddr            netip.AddrPort
+	IMDSEndpoint        string
+	DefaultTenantID     string
+	NodeIdentities      []string
+	SkipAzureIdentities bool
+	ReconcileInterval   time.Duration
+	AntiSpoofing        bool
+	PodInterfacePrefix  string
+	PodCIDR             netip.Prefix
+}
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		klog.ErrorS(err, "nmi failed")
+		klog.Flush()
+		os.Exit(1)
+	}
+	klog.Flush()
+}
+
+func parseFlags(args []string) (Config, bool, error) {
+	var (
+		cfg                            Config
+		listen, host, nodeIDs, podCIDR string
+		showVersion                    bool
+	)
+	fs := flag.NewFlagSet("nmi", flag.ContinueOnError)
+	fs.StringVar(&cfg.NodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name (default $NODE_NAME)")
+	fs.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "kubeconfig file; in-cluster configuration when empty")
+	fs.StringVar(&listen, "listen-addr", "", "address:port pods' metadata requests are sent to (the DNAT target): an IPv4 address of the node such as one on lo or the pods' gateway, never 127.0.0.1; serves only the IMDS token path")
+	fs.StringVar(&host, "host-addr", "127.0.0.1:2579", "loopback address:port for the node: /host/token/ (kvdriver), /healthz, /readyz, /metrics")
+	fs.StringVar(&cfg.IMDSEndpoint, "imds-endpoint", "http://"+interception.MetadataIP, "the node's instance metadata service, for managed identities assigned to the node")
+	fs.StringVar(&cfg.DefaultTenantID, "default-tenant-id", "", "tenant of workload identities whose ServiceAccount has no azure.workload.identity/tenant-id annotation")
+	fs.StringVar(&nodeIDs, "node-identities", "", "comma-separated client IDs of managed identities assigned to the node that a ServiceAccount annotation alone may bind (served from IMDS, no federated credential checked); empty: none")
+	fs.BoolVar(&cfg.SkipAzureIdentities, "skip-azure-identities", false, "do not watch aad-pod-identity's AzureIdentity and AzureIdentityBinding (for clusters without those CRDs)")
+	fs.DurationVar(&cfg.ReconcileInterval, "reconcile-interval", 30*time.Second, "how often the iptables rules are checked and repaired")
+	fs.BoolVar(&cfg.AntiSpoofing, "anti-spoofing", true, "drop packets from a pod's veth whose source is not that pod's address (routed CNIs: a /32 route per pod through a veth)")
+	fs.StringVar(&cfg.PodInterfacePrefix, "pod-interface-prefix", "", "intercept only packets entering through interfaces with this name prefix (e.g. cali, azv); default every interface but lo")
+	fs.StringVar(&podCIDR, "pod-cidr", "", "intercept only packets whose source is in this IPv4 CIDR; default any source")
+	fs.BoolVar(&showVersion, "version", false, "print the version and exit")
+	klog.InitFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return cfg, false, err
+	}
+	if showVersion {
+		return cfg, true, nil
+	}
+	if fs.NArg() > 0 {
+		return cfg, false, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if cfg.NodeName == "" {
+		return cfg, false, errors.New("--node-name (or $NODE_NAME) is required")
+	}
+	var err error
+	if cfg.ListenAddr, err = netip.ParseAddrPort(listen); err != nil || !cfg.ListenAddr.Addr().Is4() || cfg.ListenAddr.Addr().IsLoopback() {
+		return cfg, false, fmt.Errorf("--listen-addr %q: want a non-loopback IPv4 address:port of this node", listen)
+	}
+	if cfg.HostAddr, err = netip.ParseAddrPort(host); err != nil || !cfg.HostAddr.Addr().IsLoopback() {
+		return cfg, false, fmt.Errorf("--host-addr %q: want a loopback address:port", host)
+	}
+	if podCIDR != "" {
+		if cfg.PodCIDR, err = netip.ParsePrefix(podCIDR); err != nil {
+			return cfg, false, fmt.Errorf("--pod-cidr: %w", err)
+		}
+	}
+	for _, id := range strings.Split(nodeIDs, ",") {
+		if id = strings.TrimSpace(id); id != "" {
+			cfg.NodeIdentities = append(cfg.NodeIdentities, id)
+		}
+	}
+	if cfg.ReconcileInterval <= 0 {
+		return cfg, false, errors.New("--reconcile-interval must be positive")
+	}
+	return cfg, false, nil
+}
+
+func run(args []string) error {
+	cfg, showVersion, err := parseFlags(args)
+	if err != nil {
+		return err
+	}
+	if showVersion {
+		fmt.Println("nmi", version.Version)
+		return nil
+	}
+
+	restCfg, err := restConfig(cfg.Kubeconfig)
+	if err != nil {
+		return err
+	}
+	restCfg.UserAgent = "nmi/" + version.Version
+	client, err := kubernetes.NewForConfig(restCfg)
+	if err != nil {
+		return err
+	}
+	dyn, err := dynamic.NewForConfig(restCfg)
+	if err != nil {
+		return err
+	}
+	pods, err := podindex.New(client, cfg.NodeName)
+	if err != nil {
+		return err
+	}
+	binds, err := bindings.New(client, dyn, bindings.Config{
+		DefaultTenantID: cfg.DefaultTenantID, NodeIdentities: cfg.NodeIdentities, SkipAzureIdentities: cfg.SkipAzureIdentities})
+	if err != nil {
+		return err
+	}
+	rules, err := interception.New(interception.Config{
+		Address: cfg.ListenAddr.Addr(), Port: cfg.ListenAddr.Port(),
+		InterfacePrefix: cfg.PodInterfacePrefix, PodCIDR: cfg.PodCIDR,
+		DisableRawRules: !cfg.AntiSpoofing,
+	})
+	if err != nil {
+		return err
+	}
+
+	// nmi's own calls to IMDS leave through OUTPUT, which the rules leave
+	// alone. They honour the proxy environment like the Azure SDK does
+	// (a node behind a proxy lists 169.254.169.254 in NO_PROXY).
+	transport := http.DefaultTransport.(*http.Transport).Clone()
+	transport.Proxy = http.ProxyFromEnvironment
+	tokens := imds.CacheTokens{
+		IMDS:             tokencache.New(imds.NewUpstream(cfg.IMDSEndpoint, &http.Client{Transport: transport}), tokencache.Options{}),
+		WorkloadIdentity: tokencache.New(identity.NewWorkloadTokens(client.CoreV1(), identity.WorkloadTokenOptions{}), tokencache.Options{}),
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	srv, err := imds.New(imds.Config{
+		Pods: pods, Bindings: binds, Tokens: tokens, Registry: reg, CacheStats: tokens.Stats,
+		Ready: func() error {
+			switch {
+			case !pods.HasSynced():
+				return errors.New("pod informer not synced")
+			case !binds.HasSynced():
+				return errors.New("binding informers not synced")
+			case !rules.Ready():
+				return errors.New("interception rules not in place")
+			}
+			return nil
+		},
+	})
+	if err != nil {
+		return err
+	}
+	podSrv := srv.HTTPServer(cfg.ListenAddr.String())
+	podSrv.Handler = srv.Restrict(imds.TokenPath)
+	nodeSrv := srv.HTTPServer(cfg.HostAddr.String())
+	nodeSrv.Handler = srv.Restrict(imds.HostTokenPath, imds.HealthzPath, imds.ReadyzPath, imds.MetricsPath)
+	podLn, err := net.Listen("tcp4", podSrv.Addr)
+	if err != nil {
+		return err
+	}
+	nodeLn, err := net.Listen("tcp", nodeSrv.Addr)
+	if err != nil {
+		podLn.Close()
+		return err
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	pods.Start(ctx)
+	binds.Start(ctx)
+	klog.InfoS("nmi serving", "pods", cfg.ListenAddr, "node", cfg.HostAddr, "nodeName", cfg.NodeName,
+		"antiSpoofing", cfg.AntiSpoofing, "version", version.Version)
+
+	g, gctx := errgroup.WithContext(ctx)
+	// The rules go in at once, before the informers sync: until then pods
+	// get 404 (which IMDS clients retry) instead of reaching the node's IMDS.
+	g.Go(func() error { rules.Run(gctx, cfg.ReconcileInterval); return nil })
+	if cfg.AntiSpoofing {
+		g.Go(func() error { return watchPodRoutes(gctx, rules, cfg.ReconcileInterval) })
+	}
+	g.Go(func() error { return serve(gctx, podSrv, podLn) })
+	g.Go(func() error { return serve(gctx, nodeSrv, nodeLn) })
+	g.Go(func() error {
+		if pods.WaitForSync(gctx) && binds.WaitForSync(gctx) {
+			klog.InfoS("Informers synced")
+		}
+		return nil
+	})
+	err = g.Wait()
+	if rerr := rules.Remove(); rerr != nil {
+		err = errors.Join(err, fmt.Errorf("remove interception rules: %w", rerr))
+	} else {
+		klog.InfoS("Removed interception rules")
+	}
+	pods.Shutdown()
+	binds.Shutdown()
+	return err
+}
+
+// serve runs hs on ln until ctx ends, then shuts it down gracefully.
+func serve(ctx context.Context, hs *http.Server, ln net.Listener) error {
+	errc := make(chan error, 1)
+	go func() { errc <- hs.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve %s: %w", hs.Addr, err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = hs.Shutdown(sctx)
+	return nil
+}
+
+func restConfig(kubeconfig string) (*rest.Config, error) {
+	if kubeconfig != "" {
+		return clientcmd.BuildConfigFromFlags("", kubeconfig)
+	}
+	return rest.InClusterConfig()
+}

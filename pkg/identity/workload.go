@@ -1,0 +1,157 @@
+package identity
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
+	authenticationv1 "k8s.io/api/authentication/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
+
+	"github.com/kvnode/kvnode/pkg/tokencache"
+)
+
+// WorkloadAudience is the audience Entra ID requires on the service-account
+// token a workload identity presents.
+const WorkloadAudience = "api://AzureADTokenExchange"
+
+// WorkloadKey is what a workload-identity token is cached under: the
+// application and resource, and the service account whose federated
+// credential obtained it. Two service accounts that name the same client ID
+// get two tokens, each from its own exchange, so a pod never receives a
+// token its own service account could not have obtained.
+type WorkloadKey struct {
+	Namespace      string
+	ServiceAccount string
+	ClientID       string
+	TenantID       string
+	Resource       string
+}
+
+// CacheKey returns k as a tokencache.Key. tokencache.Key has no field for
+// the service account, so Identity holds "namespace/serviceaccount/clientID":
+// Kubernetes names cannot contain '/', which keeps the split unambiguous.
+func (k WorkloadKey) CacheKey() tokencache.Key {
+	return tokencache.Key{
+		Identity: k.Namespace + "/" + k.ServiceAccount + "/" + k.ClientID,
+		Resource: k.Resource,
+		Tenant:   k.TenantID,
+	}
+}
+
+// ParseWorkloadKey reverses CacheKey.
+func ParseWorkloadKey(key tokencache.Key) (WorkloadKey, error) {
+	parts := strings.SplitN(key.Identity, "/", 3)
+	if len(parts) != 3 || parts[0] == "" || parts[1] == "" || parts[2] == "" {
+		return WorkloadKey{}, fmt.Errorf("workload identity key %q: want namespace/serviceaccount/clientID", key.Identity)
+	}
+	return WorkloadKey{Namespace: parts[0], ServiceAccount: parts[1], ClientID: parts[2],
+		TenantID: key.Tenant, Resource: key.Resource}, nil
+}
+
+// WorkloadTokenOptions configure WorkloadTokens.
+type WorkloadTokenOptions struct {
+	// ClientOptions are the Azure SDK's: cloud, transport, retries. The
+	// zero value uses the public cloud and the environment's proxy settings.
+	ClientOptions azcore.ClientOptions
+	// AssertionLifetime is the life of each service-account token requested;
+	// default (and the API server's minimum) 10 minutes. It is presented
+	// once, at once.
+	AssertionLifetime time.Duration
+}
+
+// WorkloadTokens is the tokencache.Source for workload identities, as nmi
+// serves them: for a WorkloadKey it asks the TokenRequest API for a token of
+// the key's service account with audience WorkloadAudience and a short life,
+// and exchanges it at Entra ID for an access token of the key's application
+// (azidentity's ClientAssertionCredential). Entra ID checks that the
+// application has a federated credential for this issuer and
+// system:serviceaccount:<namespace>:<name>.
+//
+// Each call builds its own credential, so it always makes a fresh exchange:
+// the cache in front decides when a token is due, and no second cache inside
+// the SDK returns an old token to a refresh.
+//
+// The service-account token is not bound to a pod: the cache is per service
+// account, so the token is not tied to any one pod's life, and a background
+// refresh has no pod to bind it to. It is short-lived, never stored and
+// never logged.
+type WorkloadTokens struct {
+	sas  corev1client.ServiceAccountsGetter
+	opts WorkloadTokenOptions
+}
+
+var _ tokencache.Source = (*WorkloadTokens)(nil)
+
+// NewWorkloadTokens returns a source that requests service-account tokens
+// through sas (a clientset's CoreV1()); it needs "create" on
+// serviceaccounts/token.
+func NewWorkloadTokens(sas corev1client.ServiceAccountsGetter, opts WorkloadTokenOptions) *WorkloadTokens {
+	if opts.AssertionLifetime <= 0 {
+		opts.AssertionLifetime = 10 * time.Minute
+	}
+	return &WorkloadTokens{sas: sas, opts: opts}
+}
+
+// errNoTenant is returned for a workload identity without a tenant.
+var errNoTenant = errors.New("no tenant ID: annotate the ServiceAccount with azure.workload.identity/tenant-id or set nmi's default tenant")
+
+// Token exchanges a fresh service-account token for an access token of key.
+func (w *WorkloadTokens) Token(ctx context.Context, key tokencache.Key) (tokencache.Token, error) {
+	k, err := ParseWorkloadKey(key)
+	if err != nil {
+		return tokencache.Token{}, err
+	}
+	if k.TenantID == "" {
+		return tokencache.Token{}, fmt.Errorf("workload identity %s for %s/%s: %w", k.ClientID, k.Namespace, k.ServiceAccount, errNoTenant)
+	}
+	assertion := func(ctx context.Context) (string, error) {
+		return w.serviceAccountToken(ctx, k.Namespace, k.ServiceAccount)
+	}
+	cred, err := azidentity.NewClientAssertionCredential(k.TenantID, k.ClientID, assertion,
+		&azidentity.ClientAssertionCredentialOptions{ClientOptions: w.opts.ClientOptions})
+	if err != nil {
+		return tokencache.Token{}, fmt.Errorf("workload identity %s: build credential: %w", k.ClientID, err)
+	}
+	tok, err := cred.GetToken(ctx, policy.TokenRequestOptions{Scopes: []string{ScopeFor(k.Resource)}})
+	if err != nil {
+		return tokencache.Token{}, fmt.Errorf("workload identity %s for %s/%s: %w", k.ClientID, k.Namespace, k.ServiceAccount, err)
+	}
+	return tokencache.Token{AccessToken: tok.Token, ExpiresOn: tok.ExpiresOn}, nil
+}
+
+// serviceAccountToken asks the TokenRequest API for namespace/name's token
+// for Entra ID.
+func (w *WorkloadTokens) serviceAccountToken(ctx context.Context, namespace, name string) (string, error) {
+	secs := int64(w.opts.AssertionLifetime / time.Second)
+	tr := &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{
+		Audiences:         []string{WorkloadAudience},
+		ExpirationSeconds: &secs,
+	}}
+	out, err := w.sas.ServiceAccounts(namespace).CreateToken(ctx, name, tr, metav1.CreateOptions{})
+	if err != nil {
+		return "", fmt.Errorf("request a token of service account %s/%s: %w", namespace, name, err)
+	}
+	if out.Status.Token == "" {
+		return "", fmt.Errorf("request a token of service account %s/%s: empty answer", namespace, name)
+	}
+	return out.Status.Token, nil
+}
+
+// ScopeFor turns an IMDS-style resource ("https://vault.azure.net") into the
+// scope Entra ID's v2 endpoint expects ("https://vault.azure.net/.default").
+// A resource with a trailing slash keeps it ("https://management.azure.com/"
+// gives "https://management.azure.com//.default"), as Entra ID documents for
+// v1 resources.
+func ScopeFor(resource string) string {
+	if strings.HasSuffix(resource, "/.default") {
+		return resource
+	}
+	return resource + "/.default"
+}

@@ -1,0 +1,134 @@
+package identity
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	authenticationv1 "k8s.io/api/authentication/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
+
+	"github.com/kvnode/kvnode/pkg/tokencache"
+)
+
+func TestWorkloadKeyRoundTrip(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		key  WorkloadKey
+	}{
+		{"plain", WorkloadKey{Namespace: "apps", ServiceAccount: "web", ClientID: wiClient, TenantID: tenant, Resource: "https://vault.azure.net"}},
+		{"no tenant", WorkloadKey{Namespace: "apps", ServiceAccount: "web", ClientID: wiClient, Resource: "https://vault.azure.net"}},
+		{"odd client ID", WorkloadKey{Namespace: "a", ServiceAccount: "b", ClientID: "x/y/z", Resource: "r"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := ParseWorkloadKey(tc.key.CacheKey())
+			require.NoError(t, err)
+			assert.Equal(t, tc.key, got)
+		})
+	}
+	// The service account is part of the key: same application, two keys.
+	a := WorkloadKey{Namespace: "apps", ServiceAccount: "web", ClientID: wiClient, Resource: "r"}.CacheKey()
+	b := WorkloadKey{Namespace: "apps", ServiceAccount: "batch", ClientID: wiClient, Resource: "r"}.CacheKey()
+	assert.NotEqual(t, a, b)
+
+	_, err := ParseWorkloadKey(tokencache.Key{Identity: wiClient})
+	assert.Error(t, err, "a key without a service account")
+}
+
+// tokenRequests records the TokenRequests a fake clientset answered.
+type tokenRequests struct {
+	mu   sync.Mutex
+	reqs []tokenRequestCall
+}
+
+type tokenRequestCall struct {
+	namespace, name string
+	spec            authenticationv1.TokenRequestSpec
+}
+
+// fakeTokenAPI returns a clientset whose TokenRequest API signs tokens with
+// f's issuer key, as kube-apiserver would, and records each request.
+func (f *fixture) fakeTokenAPI(t *testing.T) (*fake.Clientset, *tokenRequests) {
+	t.Helper()
+	rec := &tokenRequests{}
+	client := fake.NewClientset()
+	client.PrependReactor("create", "serviceaccounts", func(action k8stesting.Action) (bool, runtime.Object, error) {
+		ca, ok := action.(k8stesting.CreateActionImpl)
+		if !ok || ca.GetSubresource() != "token" {
+			return false, nil, nil
+		}
+		tr := ca.GetObject().(*authenticationv1.TokenRequest).DeepCopy()
+		rec.mu.Lock()
+		rec.reqs = append(rec.reqs, tokenRequestCall{namespace: ca.GetNamespace(), name: ca.Name, spec: tr.Spec})
+		rec.mu.Unlock()
+		tr.Status.Token = f.saToken(t, ca.GetNamespace(), ca.Name)
+		return true, tr, nil
+	})
+	return client, rec
+}
+
+func TestWorkloadTokensExchange(t *testing.T) {
+	f := newFixture(t)
+	client, rec := f.fakeTokenAPI(t)
+	src := NewWorkloadTokens(client.CoreV1(), WorkloadTokenOptions{ClientOptions: azcore.ClientOptions{Transport: f.emu.HTTPClient()}})
+	cache := tokencache.New(src, tokencache.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	web := WorkloadKey{Namespace: "apps", ServiceAccount: "web", ClientID: wiClient, TenantID: tenant, Resource: "https://vault.azure.net"}
+
+	tok, err := cache.Get(ctx, web.CacheKey())
+	require.NoError(t, err)
+	c := jwt.MapClaims{}
+	_, _, err = jwt.NewParser().ParseUnverified(tok.AccessToken, c)
+	require.NoError(t, err)
+	assert.Equal(t, wiClient, c["appid"])
+	assert.Equal(t, tenant, c["tid"])
+	assert.WithinDuration(t, time.Now().Add(time.Hour), tok.ExpiresOn, 5*time.Minute)
+
+	// The service-account token asked for: the right account, Entra ID's
+	// audience, ten minutes.
+	rec.mu.Lock()
+	require.Len(t, rec.reqs, 1)
+	call := rec.reqs[0]
+	rec.mu.Unlock()
+	assert.Equal(t, "apps", call.namespace)
+	assert.Equal(t, "web", call.name)
+	assert.Equal(t, []string{WorkloadAudience}, call.spec.Audiences)
+	require.NotNil(t, call.spec.ExpirationSeconds)
+	assert.EqualValues(t, 600, *call.spec.ExpirationSeconds)
+
+	// A second request is a cache hit: no exchange.
+	again, err := cache.Get(ctx, web.CacheKey())
+	require.NoError(t, err)
+	assert.Equal(t, tok.AccessToken, again.AccessToken)
+	assert.Equal(t, 1, f.tokenRequests(wiClient))
+
+	// Another service account naming the same application does not get the
+	// cached token: it makes its own exchange, which Entra ID refuses
+	// because no federated credential trusts that account.
+	other := web
+	other.ServiceAccount = "batch"
+	_, err = cache.Get(ctx, other.CacheKey())
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "apps/batch")
+	assert.NotContains(t, err.Error(), tok.AccessToken)
+}
+
+func TestWorkloadTokensNeedATenant(t *testing.T) {
+	src := NewWorkloadTokens(fake.NewClientset().CoreV1(), WorkloadTokenOptions{})
+	_, err := src.Token(context.Background(), WorkloadKey{Namespace: "apps", ServiceAccount: "web", ClientID: wiClient, Resource: "r"}.CacheKey())
+	assert.ErrorIs(t, err, errNoTenant)
+}
+
+func TestScopeFor(t *testing.T) {
+	assert.Equal(t, "https://vault.azure.net/.default", ScopeFor("https://vault.azure.net"))
+	assert.Equal(t, "https://management.azure.com//.default", ScopeFor("https://management.azure.com/"))
+	assert.Equal(t, "api://x/.default", ScopeFor("api://x/.default"))
+}

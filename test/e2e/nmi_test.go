@@ -1,0 +1,520 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/kvnode/kvnode/pkg/identity"
+	"github.com/kvnode/kvnode/pkg/keyvault"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
+
+	"github.com/kvnode/kvnode/pkg/bindings"
+	"github.com/kvnode/kvnode/test/controlplane"
+	"github.com/kvnode/kvnode/test/emulator"
+	"github.com/kvnode/kvnode/test/testenv"
+)
+
+// The nmi test's node and pods, a routed CNI in miniature. The node is the
+// test process's own network namespace (testenv's private one); nmi's
+// address is on its lo. Each pod is a named network namespace joined to the
+// node by a veth pair: "eth0" with the pod's /32 and a default route via the
+// gateway 10.244.0.1, which is on every node-side veth; the node routes the
+// pod's /32 to its veth.
+const (
+	nmiNodeName = "node-1"
+	nmiAddr     = "10.200.0.1"
+	nmiPort     = 2579
+	podGateway  = "10.244.0.1"
+	nmiTenant   = "5b1f0c8e-7a2d-4c3b-9e1f-2a3b4c5d6e7f"
+	nmiVault    = "https://vault.azure.net"
+	nmiClientA  = "a1a1a1a1-0000-4000-8000-00000000000a"
+	tokenQuery  = "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fvault.azure.net"
+)
+
+// nmiPod is a pod: a Pod object on node-1 and a network namespace.
+type nmiPod struct {
+	name, sa string
+	ip       string
+	netns    string // ip netns name
+	hostIf   string // the node-side veth
+}
+
+// TestNMI runs nmi as a process on a node with three pods and the
+// unmodified Azure SDK inside the pods: pod A has a workload identity
+// (ServiceAccount annotation, federated credential at Entra ID), pod B a
+// user-assigned managed identity of the node through an
+// AzureIdentityBinding, pod C nothing.
+func TestNMI(t *testing.T) {
+	requireNode(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cp := controlplane.Start(t, controlplane.Options{CRDDirectoryPaths: []string{filepath.Join("..", "..", "charts", "kvnode", "crds")}})
+	emu, err := emulator.Start(emulator.Options{Dir: t.TempDir()})
+	require.NoError(t, err)
+	t.Cleanup(func() { emu.Close() })
+
+	// Azure: A's application trusts the cluster's service account apps/sa-a;
+	// B is a managed identity assigned to the node.
+	jwks, err := cp.JWKS(ctx)
+	require.NoError(t, err)
+	require.NoError(t, emu.TrustIssuer(cp.Issuer, jwks))
+	appA, err := emu.AddApplication(emulator.Principal{TenantID: nmiTenant, ClientID: nmiClientA, Federated: []emulator.FederatedCredential{
+		{Issuer: cp.Issuer, Subject: "system:serviceaccount:apps:sa-a"},
+	}})
+	require.NoError(t, err)
+	miB, err := emu.AddManagedIdentity(emulator.Principal{TenantID: nmiTenant})
+	require.NoError(t, err)
+
+	// Kubernetes: ServiceAccounts, B's binding, the pods on node-1.
+	require.NoError(t, cp.EnsureNamespace(ctx, "apps"))
+	_, err = cp.CreateServiceAccount(ctx, "apps", "sa-a", map[string]string{bindings.ClientIDAnnotation: appA.ClientID})
+	require.NoError(t, err)
+	for _, sa := range []string{"sa-b", "sa-c"} {
+		_, err = cp.CreateServiceAccount(ctx, "apps", sa, nil)
+		require.NoError(t, err)
+	}
+	dyn, err := dynamic.NewForConfig(cp.Config)
+	require.NoError(t, err)
+	createCR(ctx, t, dyn, bindings.AzureIdentitiesResource, "AzureIdentity", "id-b",
+		map[string]any{"type": int64(0), "clientID": miB.ClientID, "resourceID": miB.ResourceID})
+	createCR(ctx, t, dyn, bindings.AzureIdentityBindingsResource, "AzureIdentityBinding", "id-b-binding",
+		map[string]any{"azureIdentity": "id-b", "selector": "pod-b"})
+
+	podA := &nmiPod{name: "pod-a", sa: "sa-a", ip: "10.244.1.2"}
+	podB := &nmiPod{name: "pod-b", sa: "sa-b", ip: "10.244.1.3"}
+	podC := &nmiPod{name: "pod-c", sa: "sa-c", ip: "10.244.1.4"}
+	for _, p := range []*nmiPod{podA, podB, podC} {
+		createNodePod(ctx, t, cp, p)
+		addPodNetns(t, p)
+	}
+
+	nmi := startNMI(t, cp, emu)
+	nmi.waitReady(t)
+	nmi.waitAntiSpoofing(t, podA, podB, podC)
+
+	entraTokens := func(clientID string) int {
+		n := 0
+		for _, r := range emu.Requests(emulator.RequestFilter{Service: emulator.ServiceEntra, Method: http.MethodPost, Identity: clientID}) {
+			if strings.HasSuffix(r.Path, "/oauth2/v2.0/token") {
+				n++
+			}
+		}
+		return n
+	}
+	imdsTokens := func(clientID string) int {
+		return emu.CountRequests(emulator.RequestFilter{Service: emulator.ServiceIMDS, Identity: clientID, Status: http.StatusOK})
+	}
+
+	t.Run("workload identity", func(t *testing.T) {
+		for i := range 2 {
+			claims := sdkToken(t, podA, "-cred", "managed-identity", "token", "-scope", nmiVault+"/.default")
+			assert.Equal(t, appA.ClientID, claims["appid"], "request %d", i)
+			assert.Equal(t, nmiTenant, claims["tid"])
+		}
+		assert.Equal(t, 1, entraTokens(appA.ClientID), "two requests within the token's life make one exchange")
+	})
+	t.Run("managed identity through AzureIdentityBinding", func(t *testing.T) {
+		for i := range 2 {
+			claims := sdkToken(t, podB, "-cred", "managed-identity", "token", "-scope", nmiVault+"/.default")
+			assert.Equal(t, miB.ClientID, claims["appid"], "request %d", i)
+		}
+		claims := sdkToken(t, podB, "-cred", "managed-identity", "-mi-client-id", miB.ClientID, "token", "-scope", nmiVault+"/.default")
+		assert.Equal(t, miB.ClientID, claims["appid"])
+		assert.Equal(t, 1, imdsTokens(miB.ClientID), "three requests within the token's life make one IMDS call")
+	})
+	t.Run("DefaultAzureCredential", func(t *testing.T) {
+		claims := sdkToken(t, podA, "-cred", "default", "token", "-scope", nmiVault+"/.default")
+		assert.Equal(t, appA.ClientID, claims["appid"])
+		assert.Equal(t, 1, entraTokens(appA.ClientID), "served from the cache")
+	})
+	t.Run("unbound pod is refused", func(t *testing.T) {
+		res := sdkInPod(t, podC, "-cred", "managed-identity", "token", "-scope", nmiVault+"/.default")
+		require.NotNil(t, res.Err, "pod C got a token: %s", res.Stdout)
+		assert.Equal(t, "auth", res.Err.Kind)
+		assert.Equal(t, http.StatusForbidden, res.Err.Status, res.Err.Message)
+	})
+	t.Run("another pod's identity is refused", func(t *testing.T) {
+		res := sdkInPod(t, podA, "-cred", "managed-identity", "-mi-client-id", miB.ClientID, "token", "-scope", nmiVault+"/.default")
+		require.NotNil(t, res.Err, "pod A got B's token: %s", res.Stdout)
+		assert.Equal(t, http.StatusForbidden, res.Err.Status, res.Err.Message)
+		res = sdkInPod(t, podB, "-cred", "managed-identity", "-mi-client-id", appA.ClientID, "token", "-scope", nmiVault+"/.default")
+		require.NotNil(t, res.Err, "pod B got A's token: %s", res.Stdout)
+		assert.Equal(t, http.StatusForbidden, res.Err.Status, res.Err.Message)
+		assert.Equal(t, 1, entraTokens(appA.ClientID))
+	})
+	t.Run("forged source address", func(t *testing.T) {
+		// From its own address, C reaches nmi and is refused.
+		code, out := curlInPod(t, podC, "")
+		require.Equal(t, 0, code, out)
+		assert.Contains(t, out, "403")
+
+		// C takes A's address and asks as A. Anti-spoofing drops the SYN on
+		// C's veth before NAT: nmi never sees a connection.
+		requestsBefore := nmi.metric(t, `kvnode_nmi_requests_total{endpoint="token",outcome="forbidden"}`)
+		dropsBefore := nmi.spoofDrops(t, podC)
+		ipIn(t, podC, "addr", "add", podA.ip+"/32", "dev", "eth0")
+		start := time.Now()
+		code, out = curlInPod(t, podC, podA.ip)
+		assert.NotEqual(t, 0, code, "the forged request got an answer: %s", out)
+		assert.Less(t, time.Since(start), 10*time.Second)
+		assert.Greater(t, nmi.spoofDrops(t, podC), dropsBefore, "C's forged packets were not dropped on its veth")
+		assert.Equal(t, requestsBefore, nmi.metric(t, `kvnode_nmi_requests_total{endpoint="token",outcome="forbidden"}`))
+		assert.Equal(t, 1, entraTokens(appA.ClientID), "no exchange for the forged request")
+		assert.NotContains(t, out, "access_token")
+		ipIn(t, podC, "addr", "del", podA.ip+"/32", "dev", "eth0")
+	})
+	t.Run("kvdriver's pod identity through /host/token/", func(t *testing.T) {
+		// What kvdriver does for a usePodIdentity mount: ask nmi, on the
+		// node-only listener, for the pod's token, and read Key Vault with it.
+		const vault = "kvnode-nmi"
+		require.NoError(t, emu.CreateVault(vault, emulator.VaultOptions{TenantID: nmiTenant}))
+		require.NoError(t, emu.Grant(vault, appA.ObjectID, "secrets/get"))
+		require.NoError(t, emu.Grant(vault, miB.ObjectID, "secrets/get"))
+		_, err := emu.SetSecret(vault, "pod-secret", "read-with-the-pods-identity", emulator.SecretOptions{})
+		require.NoError(t, err)
+
+		creds := identity.NewCredentials(identity.Options{NMIEndpoint: "http://" + nmi.host})
+		fetcher := keyvault.NewFetcher(keyvault.Options{ClientOptions: azcore.ClientOptions{Transport: emu.HTTPClient()}})
+		fetch := func(p *nmiPod) (*keyvault.Result, error) {
+			cred, key, err := creds.Credential(identity.Request{Mode: identity.PodIdentity, Namespace: "apps", PodName: p.name})
+			require.NoError(t, err)
+			return fetcher.Fetch(ctx, keyvault.Request{VaultURL: "https://" + vault + ".vault.azure.net/", Credential: cred, IdentityKey: key,
+				Objects: []keyvault.Object{{Name: "pod-secret", Type: keyvault.TypeSecret}}})
+		}
+		for _, p := range []*nmiPod{podA, podB} {
+			res, err := fetch(p)
+			require.NoError(t, err, p.name)
+			assert.Equal(t, "read-with-the-pods-identity", string(res.Files[0].Content), p.name)
+		}
+		_, err = fetch(podC)
+		require.Error(t, err, "an unbound pod must not read the vault")
+		assert.Equal(t, keyvault.KindAuthentication, keyvault.Classify(err), "%v", err)
+		var refused *identity.PodIdentityError
+		require.ErrorAs(t, err, &refused)
+		assert.Equal(t, http.StatusForbidden, refused.Status)
+		assert.Equal(t, 1, entraTokens(appA.ClientID), "nmi served pod A's cached token")
+	})
+	t.Run("no token in the logs", func(t *testing.T) {
+		assert.NotContains(t, nmi.logs.String(), "eyJ", "nmi logged something that looks like a JWT")
+	})
+
+	// A clean shutdown removes every rule nmi installed.
+	nmi.stop(t)
+	for _, table := range []string{"nat", "raw"} {
+		out, err := exec.Command("iptables", "-w", "-t", table, "-S").CombinedOutput()
+		require.NoError(t, err, "%s", out)
+		assert.NotContains(t, string(out), "KVNODE", "table %s after nmi stopped", table)
+	}
+}
+
+// requireNode skips unless the test runs in testenv's private namespace with
+// iptables and ip, and refuses to run in the machine's own namespace.
+func requireNode(t *testing.T) {
+	t.Helper()
+	testenv.RequireNetns(t)
+	for _, tool := range []string{"iptables", "ip", "curl"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("skipped: %s is missing; run hack/install-deps.sh", tool)
+		}
+	}
+	self, err := os.Readlink("/proc/self/ns/net")
+	require.NoError(t, err)
+	parent, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", os.Getppid()))
+	require.NoError(t, err)
+	require.NotEqual(t, parent, self, "refusing to run in the machine's network namespace")
+}
+
+func createCR(ctx context.Context, t *testing.T, dyn dynamic.Interface, gvr schema.GroupVersionResource, kind, name string, spec map[string]any) {
+	t.Helper()
+	u := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": gvr.Group + "/" + gvr.Version, "kind": kind,
+		"metadata": map[string]any{"name": name, "namespace": "apps"},
+		"spec":     spec,
+	}}
+	_, err := dyn.Resource(gvr).Namespace("apps").Create(ctx, u, metav1.CreateOptions{})
+	require.NoError(t, err)
+}
+
+// createNodePod creates p's Pod on node-1 and reports its address, as
+// kubelet would once the CNI has wired it.
+func createNodePod(ctx context.Context, t *testing.T, cp *controlplane.ControlPlane, p *nmiPod) {
+	t.Helper()
+	pod, err := cp.Client.CoreV1().Pods("apps").Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: p.name, Labels: map[string]string{bindings.SelectorLabel: p.name}},
+		Spec: corev1.PodSpec{
+			NodeName: nmiNodeName, ServiceAccountName: p.sa,
+			Containers: []corev1.Container{{Name: "app", Image: "app:test"}},
+		},
+	}, metav1.CreateOptions{})
+	require.NoError(t, err)
+	pod.Status.Phase = corev1.PodRunning
+	pod.Status.PodIP = p.ip
+	pod.Status.PodIPs = []corev1.PodIP{{IP: p.ip}}
+	_, err = cp.Client.CoreV1().Pods("apps").UpdateStatus(ctx, pod, metav1.UpdateOptions{})
+	require.NoError(t, err)
+}
+
+// addPodNetns creates p's network namespace and veth pair, and removes them
+// when the test ends.
+func addPodNetns(t *testing.T, p *nmiPod) {
+	t.Helper()
+	p.netns = fmt.Sprintf("kvnode-nmi-%d-%s", os.Getpid(), p.name)
+	p.hostIf = "nmi" + p.name // "nmipod-a": at most 15 bytes
+	ip(t, "netns", "add", p.netns)
+	t.Cleanup(func() {
+		// Deleting the namespace deletes eth0 and so its peer on the node.
+		if out, err := exec.Command("ip", "netns", "del", p.netns).CombinedOutput(); err != nil {
+			t.Errorf("ip netns del %s: %v: %s", p.netns, err, out)
+		}
+	})
+	ip(t, "link", "add", p.hostIf, "type", "veth", "peer", "name", "eth0", "netns", p.netns)
+	ip(t, "addr", "add", podGateway+"/32", "dev", p.hostIf)
+	ip(t, "link", "set", p.hostIf, "up")
+	ip(t, "route", "add", p.ip+"/32", "dev", p.hostIf)
+	ipIn(t, p, "link", "set", "lo", "up")
+	ipIn(t, p, "addr", "add", p.ip+"/32", "dev", "eth0")
+	ipIn(t, p, "link", "set", "eth0", "up")
+	ipIn(t, p, "route", "add", podGateway, "dev", "eth0")
+	ipIn(t, p, "route", "add", "default", "via", podGateway, "dev", "eth0")
+}
+
+func ip(t *testing.T, args ...string) {
+	t.Helper()
+	out, err := exec.Command("ip", args...).CombinedOutput()
+	require.NoError(t, err, "ip %s: %s", strings.Join(args, " "), out)
+}
+
+func ipIn(t *testing.T, p *nmiPod, args ...string) {
+	t.Helper()
+	ip(t, append([]string{"-n", p.netns}, args...)...)
+}
+
+// podEnv is a pod's environment: no proxy and no Azure settings, so the SDK
+// dials 169.254.169.254:80 itself.
+func podEnv(t *testing.T) []string {
+	return []string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir()}
+}
+
+// sdkInPod runs the unmodified Azure SDK client inside p's namespace.
+func sdkInPod(t *testing.T, p *nmiPod, args ...string) testenv.SDKResult {
+	t.Helper()
+	bin := os.Getenv(testenv.EnvSDKClient)
+	require.NotEmpty(t, bin, "%s is not set", testenv.EnvSDKClient)
+	// -timeout is a credential flag: it goes before the operation.
+	args = append([]string{"-timeout", "40s"}, args...)
+	cmd := exec.Command("ip", append([]string{"netns", "exec", p.netns, bin}, args...)...)
+	cmd.Env = podEnv(t)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	start := time.Now()
+	err := cmd.Run()
+	res := testenv.SDKResult{Args: args, Stdout: stdout.Bytes(), Stderr: stderr.Bytes(), Duration: time.Since(start)}
+	if err != nil {
+		var ee *exec.ExitError
+		require.True(t, errors.As(err, &ee), "run sdkclient in %s: %v", p.name, err)
+		res.ExitCode = ee.ExitCode()
+		var out struct {
+			Error *testenv.SDKFailure `json:"error"`
+		}
+		require.NoError(t, json.Unmarshal(res.Stdout, &out), "sdkclient exited %d: stdout %q stderr %q", res.ExitCode, res.Stdout, res.Stderr)
+		require.NotNil(t, out.Error, "sdkclient exited %d without an error: %q", res.ExitCode, res.Stdout)
+		res.Err = out.Error
+	}
+	return res
+}
+
+// sdkToken runs sdkclient's token operation in p and returns the token's
+// claims.
+func sdkToken(t *testing.T, p *nmiPod, args ...string) map[string]any {
+	t.Helper()
+	var out struct {
+		Token struct {
+			Claims map[string]any `json:"claims"`
+		} `json:"token"`
+	}
+	sdkInPod(t, p, args...).Decode(t, &out)
+	return out.Token.Claims
+}
+
+// curlInPod asks for a token from p's namespace with curl, from source
+// address from when set, with a short timeout; it returns curl's exit code
+// and its output (the body, then the status code).
+func curlInPod(t *testing.T, p *nmiPod, from string) (int, string) {
+	t.Helper()
+	args := []string{"netns", "exec", p.netns, "curl", "-sS", "--max-time", "3", "-H", "Metadata: true",
+		"-w", "\n%{http_code}\n"}
+	if from != "" {
+		args = append(args, "--interface", from)
+	}
+	args = append(args, "http://169.254.169.254"+tokenQuery)
+	cmd := exec.Command("ip", args...)
+	cmd.Env = podEnv(t)
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode(), string(out)
+	}
+	require.NoError(t, err)
+	return 0, string(out)
+}
+
+// nmiProcess is a running nmi.
+type nmiProcess struct {
+	cmd     *exec.Cmd
+	logs    *syncBuffer
+	host    string // its node-only listener
+	done    chan error
+	stopped bool
+}
+
+func startNMI(t *testing.T, cp *controlplane.ControlPlane, emu *emulator.Emulator) *nmiProcess {
+	t.Helper()
+	// nmi's address on the node's lo: bindable before any pod exists.
+	ip(t, "addr", "add", nmiAddr+"/32", "dev", "lo")
+	t.Cleanup(func() { _ = exec.Command("ip", "addr", "del", nmiAddr+"/32", "dev", "lo").Run() })
+
+	dir := t.TempDir()
+	kubeconfig, err := cp.WriteKubeconfig(dir, nil)
+	require.NoError(t, err)
+	host := freeLoopbackAddr(t)
+	n := &nmiProcess{logs: &syncBuffer{}, host: host, done: make(chan error, 1)}
+	n.cmd = exec.Command(testenv.Binary(t, "nmi"),
+		"--node-name", nmiNodeName, "--kubeconfig", kubeconfig,
+		"--listen-addr", net.JoinHostPort(nmiAddr, strconv.Itoa(nmiPort)), "--host-addr", host,
+		"--default-tenant-id", nmiTenant, "--reconcile-interval", "5s", "-v", "4")
+	// The emulator's proxy settings reach nmi's upstream calls (IMDS and
+	// Entra ID); the loopback API server is dialled directly.
+	n.cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir}, emu.Env()...)
+	n.cmd.Stdout, n.cmd.Stderr = n.logs, n.logs
+	n.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	require.NoError(t, n.cmd.Start())
+	go func() { n.done <- n.cmd.Wait() }()
+	t.Cleanup(func() {
+		n.stop(t)
+		if t.Failed() {
+			out := n.logs.String()
+			if len(out) > 16<<10 {
+				out = "...\n" + out[len(out)-16<<10:]
+			}
+			t.Logf("nmi output (last 16 KiB):\n%s", out)
+		}
+	})
+	return n
+}
+
+// stop sends SIGTERM and waits for nmi to remove its rules and exit.
+func (n *nmiProcess) stop(t *testing.T) {
+	t.Helper()
+	if n.stopped {
+		return
+	}
+	n.stopped = true
+	_ = n.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-n.done:
+		assert.NoError(t, err, "nmi exit")
+	case <-time.After(15 * time.Second):
+		_ = n.cmd.Process.Kill()
+		<-n.done
+		t.Error("nmi did not stop within 15s of SIGTERM")
+	}
+}
+
+func freeLoopbackAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := ln.Addr().String()
+	require.NoError(t, ln.Close())
+	return addr
+}
+
+func (n *nmiProcess) get(t *testing.T, path string) (int, string) {
+	t.Helper()
+	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{Proxy: nil}}
+	resp, err := c.Get("http://" + n.host + path)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	var b bytes.Buffer
+	_, _ = b.ReadFrom(resp.Body)
+	return resp.StatusCode, b.String()
+}
+
+func (n *nmiProcess) waitReady(t *testing.T) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		status, _ := n.get(t, "/readyz")
+		return status == http.StatusOK
+	}, 30*time.Second, 100*time.Millisecond, "nmi never became ready")
+}
+
+// waitAntiSpoofing waits until the raw table has a rule for every pod's veth.
+func (n *nmiProcess) waitAntiSpoofing(t *testing.T, pods ...*nmiPod) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		out, err := exec.Command("iptables", "-w", "-t", "raw", "-S").Output()
+		if err != nil {
+			return false
+		}
+		for _, p := range pods {
+			if !strings.Contains(string(out), "! -s "+p.ip+"/32 -i "+p.hostIf+" -j DROP") {
+				return false
+			}
+		}
+		return true
+	}, 15*time.Second, 100*time.Millisecond, "anti-spoofing rules for the pods never appeared")
+}
+
+// spoofDrops is the packet count of the anti-spoofing rule of p's veth.
+func (n *nmiProcess) spoofDrops(t *testing.T, p *nmiPod) int {
+	t.Helper()
+	out, err := exec.Command("iptables", "-w", "-t", "raw", "-L", "-v", "-x", "-n").CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 3 && f[2] == "DROP" && strings.Contains(line, " "+p.hostIf+" ") {
+			c, err := strconv.Atoi(f[0])
+			require.NoError(t, err)
+			return c
+		}
+	}
+	t.Fatalf("no anti-spoofing rule for %s:\n%s", p.hostIf, out)
+	return 0
+}
+
+// metric reads one sample from nmi's /metrics (0 when absent).
+func (n *nmiProcess) metric(t *testing.T, name string) float64 {
+	t.Helper()
+	status, body := n.get(t, "/metrics")
+	require.Equal(t, http.StatusOK, status, body)
+	for _, line := range strings.Split(body, "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			require.NoError(t, err)
+			return f
+		}
+	}
+	return 0
+}
