@@ -48,7 +48,9 @@ type driverRBAC struct {
 // exactly the rights the chart gives it.
 func installChartRBAC(ctx context.Context, cp *controlplane.ControlPlane, helm, chart, dir string) (*driverRBAC, error) {
 	helmHome := filepath.Join(dir, "helm")
-	cmd := exec.CommandContext(ctx, helm, "template", "kvnode", chart, "--namespace", chartNamespace)
+	// The demo runs kvdriver only: render the chart without nmi, so that the
+	// RBAC found below is kvdriver's alone.
+	cmd := exec.CommandContext(ctx, helm, "template", "kvnode", chart, "--namespace", chartNamespace, "--set", "nmi.enabled=false")
 	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+helmHome+"/cache", "HELM_CONFIG_HOME="+helmHome+"/config", "HELM_DATA_HOME="+helmHome+"/data")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr

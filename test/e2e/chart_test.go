@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/yaml"
@@ -104,16 +106,36 @@ func applyObjects(t testing.TB, cfg *rest.Config, objs []*unstructured.Unstructu
 // ServiceAccount, so the e2e driver runs with exactly the chart's rights.
 func installDriverRBAC(t testing.TB, cp *controlplane.ControlPlane) *rest.Config {
 	t.Helper()
+	return installChartRBAC(t, cp, "kvdriver")
+}
+
+// installChartRBAC creates the chart's ServiceAccount, ClusterRole and
+// ClusterRoleBinding of component (kvdriver, nmi), as the chart renders them
+// with its defaults, and returns a client configuration acting as that
+// ServiceAccount: the component then runs with the chart's rights and no
+// more, and anything the chart forgot fails as Forbidden.
+func installChartRBAC(t testing.TB, cp *controlplane.ControlPlane, component string) *rest.Config {
+	t.Helper()
+	name := "kvnode-" + component
 	var rbac []*unstructured.Unstructured
 	for _, o := range renderChart(t) {
 		switch o.GetKind() {
 		case "ServiceAccount", "ClusterRole", "ClusterRoleBinding":
-			rbac = append(rbac, o)
+			if o.GetName() == name {
+				rbac = append(rbac, o)
+			}
 		}
 	}
-	require.Len(t, rbac, 3)
-	applyObjects(t, cp.Config, rbac, false)
-	cfg, err := cp.AsServiceAccount(context.Background(), chartNamespace, "kvnode-kvdriver")
+	require.Len(t, rbac, 3, "the chart's ServiceAccount, ClusterRole and ClusterRoleBinding %s", name)
+	// A second instance of the component on the same control plane reuses
+	// what the first installed.
+	if _, err := cp.Client.RbacV1().ClusterRoles().Get(context.Background(), name, metav1.GetOptions{}); apierrors.IsNotFound(err) {
+		require.NoError(t, cp.EnsureNamespace(context.Background(), chartNamespace))
+		applyObjects(t, cp.Config, rbac, false)
+	} else {
+		require.NoError(t, err)
+	}
+	cfg, err := cp.AsServiceAccount(context.Background(), chartNamespace, name)
 	require.NoError(t, err)
 	return cfg
 }
@@ -126,6 +148,27 @@ func kinds(objs []*unstructured.Unstructured) map[string]*unstructured.Unstructu
 	return out
 }
 
+// nmiRules is the ClusterRole the chart gives nmi with its defaults: what
+// its informers list and watch, and TokenRequest for workload identities.
+// TestNMI proves it is enough; this pins it so that it cannot grow unseen.
+var nmiRules = []any{
+	map[string]any{"apiGroups": []any{""}, "resources": []any{"pods", "serviceaccounts"}, "verbs": []any{"list", "watch"}},
+	map[string]any{"apiGroups": []any{""}, "resources": []any{"serviceaccounts/token"}, "verbs": []any{"create"}},
+	map[string]any{"apiGroups": []any{"aadpodidentity.k8s.io"}, "resources": []any{"azureidentities", "azureidentitybindings"}, "verbs": []any{"list", "watch"}},
+}
+
+// podSpec returns the pod template's spec of a rendered DaemonSet and its
+// first container.
+func podSpec(t *testing.T, ds *unstructured.Unstructured) (spec, container map[string]any) {
+	t.Helper()
+	spec, found, err := unstructured.NestedMap(ds.Object, "spec", "template", "spec")
+	require.NoError(t, err)
+	require.True(t, found)
+	containers, _, _ := unstructured.NestedSlice(spec, "containers")
+	require.NotEmpty(t, containers)
+	return spec, containers[0].(map[string]any)
+}
+
 func TestChartLintsRendersAndValidates(t *testing.T) {
 	testenv.RequireNetns(t)
 	lint := exec.Command(helmBinary(t), "lint", "--strict", chartDir)
@@ -134,12 +177,54 @@ func TestChartLintsRendersAndValidates(t *testing.T) {
 	require.NoError(t, err, "helm lint: %s", out)
 
 	cp := controlplane.Start(t, controlplane.Options{CRDDirectoryPaths: []string{filepath.Join(chartDir, "crds")}})
-	for name, values := range map[string][]string{
-		"defaults":   nil,
-		"flexvolume": {"flexVolume.enabled=true", "kvdriver.objectCacheTTL=30s", "image.tag=v9.9.9"},
+	for _, tc := range []struct {
+		name   string
+		values []string
+		// nmiArgs are the nmi container's exact arguments; nil: no nmi.
+		nmiArgs []string
+		// nmiHost is nmi's loopback listener, kvdriver's --nmi-endpoint.
+		nmiHost  string
+		nmiImage string
+		nmiRules []any
+	}{
+		{
+			name: "defaults",
+			nmiArgs: []string{"--node-name=$(NODE_NAME)", "--listen-addr=$(HOST_IP):2579", "--host-addr=127.0.0.1:2579",
+				"--reconcile-interval=30s", "--anti-spoofing=true", "-v=2"},
+			nmiHost:  "127.0.0.1:2579",
+			nmiImage: "ghcr.io/kvnode/nmi:0.1.0",
+			nmiRules: nmiRules,
+		},
+		{
+			name:   "flexvolume",
+			values: []string{"flexVolume.enabled=true", "kvdriver.objectCacheTTL=30s", "image.tag=v9.9.9"},
+			nmiArgs: []string{"--node-name=$(NODE_NAME)", "--listen-addr=$(HOST_IP):2579", "--host-addr=127.0.0.1:2579",
+				"--reconcile-interval=30s", "--anti-spoofing=true", "-v=2"},
+			nmiHost:  "127.0.0.1:2579",
+			nmiImage: "ghcr.io/kvnode/nmi:0.1.0",
+			nmiRules: nmiRules,
+		},
+		{
+			name: "nmi settings",
+			values: []string{"nmi.listenAddress=169.254.20.11", "nmi.listenPort=2580", "nmi.hostPort=2600",
+				"nmi.defaultTenantID=5b1f0c8e-7a2d-4c3b-9e1f-2a3b4c5d6e7f", "nmi.nodeIdentities={id-1,id-2}",
+				"nmi.skipAzureIdentities=true", "nmi.reconcileInterval=10s", "nmi.antiSpoofing=false",
+				"nmi.podInterfacePrefix=cali", "nmi.podCIDR=10.244.0.0/16", "nmi.logVerbosity=4", "nmi.image.tag=v9.9.9"},
+			nmiArgs: []string{"--node-name=$(NODE_NAME)", "--listen-addr=169.254.20.11:2580", "--host-addr=127.0.0.1:2600",
+				"--default-tenant-id=5b1f0c8e-7a2d-4c3b-9e1f-2a3b4c5d6e7f", "--node-identities=id-1,id-2",
+				"--skip-azure-identities", "--reconcile-interval=10s", "--anti-spoofing=false",
+				"--pod-interface-prefix=cali", "--pod-cidr=10.244.0.0/16", "-v=4"},
+			nmiHost:  "127.0.0.1:2600",
+			nmiImage: "ghcr.io/kvnode/nmi:v9.9.9",
+			nmiRules: nmiRules[:2],
+		},
+		{
+			name:   "nmi disabled",
+			values: []string{"nmi.enabled=false"},
+		},
 	} {
-		t.Run(name, func(t *testing.T) {
-			objs := renderChart(t, values...)
+		t.Run(tc.name, func(t *testing.T) {
+			objs := renderChart(t, tc.values...)
 			byKind := kinds(objs)
 			require.Contains(t, byKind, "CSIDriver/secrets-store.csi.k8s.io")
 			require.Contains(t, byKind, "DaemonSet/kvnode-kvdriver")
@@ -155,21 +240,90 @@ func TestChartLintsRendersAndValidates(t *testing.T) {
 			assert.Equal(t, []any{map[string]any{"audience": "api://AzureADTokenExchange"}}, spec["tokenRequests"])
 
 			ds := byKind["DaemonSet/kvnode-kvdriver"]
-			containers, _, _ := unstructured.NestedSlice(ds.Object, "spec", "template", "spec", "containers")
-			args := containers[0].(map[string]any)["args"]
+			kvSpec, kvdriver := podSpec(t, ds)
+			args := kvdriver["args"]
 			assert.Contains(t, args, "--endpoint=unix:///csi/csi.sock")
 			inits, found, _ := unstructured.NestedSlice(ds.Object, "spec", "template", "spec", "initContainers")
-			if name == "flexvolume" {
+			if tc.name == "flexvolume" {
 				require.True(t, found)
 				assert.Equal(t, []any{"install-flexvolume", "--dir", "/flexvolume/azure~kv"}, inits[0].(map[string]any)["args"])
 				assert.Contains(t, args, "--object-cache-ttl=30s")
-				assert.Equal(t, "ghcr.io/kvnode/kvnode:v9.9.9", containers[0].(map[string]any)["image"])
+				assert.Equal(t, "ghcr.io/kvnode/kvnode:v9.9.9", kvdriver["image"])
 			} else {
 				assert.False(t, found, "no FlexVolume installer unless enabled")
+			}
+
+			if tc.nmiArgs == nil {
+				for _, key := range []string{"DaemonSet/kvnode-nmi", "ServiceAccount/kvnode-nmi", "ClusterRole/kvnode-nmi", "ClusterRoleBinding/kvnode-nmi"} {
+					assert.NotContains(t, byKind, key, "nmi is disabled")
+				}
+				assert.NotContains(t, fmt.Sprint(args), "--nmi-endpoint", "kvdriver keeps its default endpoint without nmi")
+				assert.Nil(t, kvSpec["hostNetwork"], "kvdriver needs the host network only to reach nmi")
+			} else {
+				checkNMI(t, byKind, tc.nmiArgs, tc.nmiHost, tc.nmiImage, tc.nmiRules)
+				// kvdriver asks nmi's loopback listener, so it shares the
+				// node's network namespace.
+				assert.Contains(t, args, "--nmi-endpoint=http://"+tc.nmiHost)
+				assert.Equal(t, true, kvSpec["hostNetwork"])
+				assert.Equal(t, "ClusterFirstWithHostNet", kvSpec["dnsPolicy"])
 			}
 
 			// The API server validates every object (schemas, admission).
 			applyObjects(t, cp.Config, objs, true)
 		})
 	}
+}
+
+// checkNMI checks the rendered nmi DaemonSet and RBAC.
+func checkNMI(t *testing.T, byKind map[string]*unstructured.Unstructured, wantArgs []string, host, image string, rules []any) {
+	t.Helper()
+	require.Contains(t, byKind, "DaemonSet/kvnode-nmi")
+	spec, nmi := podSpec(t, byKind["DaemonSet/kvnode-nmi"])
+	assert.Equal(t, "kvnode-nmi", spec["serviceAccountName"])
+	assert.Equal(t, image, nmi["image"])
+	assert.Equal(t, true, spec["hostNetwork"], "the rules and the listeners are the node's")
+	assert.Equal(t, "ClusterFirstWithHostNet", spec["dnsPolicy"])
+	assert.Equal(t, "system-node-critical", spec["priorityClassName"])
+	assert.Equal(t, []any{map[string]any{"operator": "Exists"}}, spec["tolerations"])
+	assert.Equal(t, map[string]any{"kubernetes.io/os": "linux"}, spec["nodeSelector"])
+
+	var args []string
+	for _, a := range nmi["args"].([]any) {
+		args = append(args, a.(string))
+	}
+	assert.Equal(t, wantArgs, args)
+	env := map[string]string{}
+	for _, e := range nmi["env"].([]any) {
+		name, _, _ := unstructured.NestedString(e.(map[string]any), "name")
+		path, _, _ := unstructured.NestedString(e.(map[string]any), "valueFrom", "fieldRef", "fieldPath")
+		env[name] = path
+	}
+	assert.Equal(t, map[string]string{"NODE_NAME": "spec.nodeName", "HOST_IP": "status.hostIP"}, env)
+
+	sc := nmi["securityContext"].(map[string]any)
+	assert.Nil(t, sc["privileged"], "nmi needs capabilities, not privileged")
+	assert.Equal(t, false, sc["allowPrivilegeEscalation"])
+	assert.Equal(t, true, sc["readOnlyRootFilesystem"])
+	assert.Equal(t, map[string]any{"drop": []any{"ALL"}, "add": []any{"NET_ADMIN", "NET_RAW"}}, sc["capabilities"])
+
+	// Probes go to the loopback listener, which the kubelet reaches on
+	// the host network.
+	hostAddr, port, _ := strings.Cut(host, ":")
+	for probe, path := range map[string]string{"livenessProbe": "/healthz", "readinessProbe": "/readyz"} {
+		get, found, _ := unstructured.NestedMap(nmi, probe, "httpGet")
+		require.True(t, found, probe)
+		assert.Equal(t, hostAddr, get["host"], probe)
+		assert.Equal(t, path, get["path"], probe)
+		assert.Equal(t, port, fmt.Sprint(get["port"]), probe)
+	}
+	vols, _, _ := unstructured.NestedSlice(spec, "volumes")
+	assert.Equal(t, []any{map[string]any{"name": "xtables-lock", "hostPath": map[string]any{"path": "/run/xtables.lock", "type": "FileOrCreate"}}}, vols,
+		"iptables' lock and nothing else of the node")
+
+	require.Contains(t, byKind, "ClusterRole/kvnode-nmi")
+	assert.Equal(t, rules, byKind["ClusterRole/kvnode-nmi"].Object["rules"])
+	require.Contains(t, byKind, "ClusterRoleBinding/kvnode-nmi")
+	subjects, _, _ := unstructured.NestedSlice(byKind["ClusterRoleBinding/kvnode-nmi"].Object, "subjects")
+	assert.Equal(t, []any{map[string]any{"kind": "ServiceAccount", "name": "kvnode-nmi", "namespace": chartNamespace}}, subjects)
+	require.Contains(t, byKind, "ServiceAccount/kvnode-nmi")
 }

@@ -21,3 +21,18 @@ app.kubernetes.io/component: kvdriver
 {{- define "kvnode.pluginDir" -}}
 {{ .Values.kubeletDir }}/plugins/csi-secrets-store
 {{- end -}}
+
+{{- define "kvnode.nmiSelector" -}}
+app.kubernetes.io/name: {{ include "kvnode.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: nmi
+{{- end -}}
+
+{{- define "kvnode.nmiImage" -}}
+{{ .Values.nmi.image.repository }}:{{ .Values.nmi.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+
+{{/* nmi's node-only listener, where kvdriver asks for pod-identity tokens. */}}
+{{- define "kvnode.nmiHostAddr" -}}
+127.0.0.1:{{ .Values.nmi.hostPort }}
+{{- end -}}
