@@ -39,7 +39,7 @@ e2e: deps controlplane ## Run only the end-to-end tests.
 	$(TEST_ENV) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v ./test/e2e/...
 
 .PHONY: bench
-bench: controlplane ## Run the benchmarks with allocation counts (root).
+bench: deps controlplane ## Run the benchmarks with allocation counts, and the load tests (root).
 	$(TEST_ENV) $(GO) test -run '^$$' -bench . -benchmem -count 1 -timeout 30m ./...
 
 .PHONY: lint

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the Debian packages kvnode's tests need, when they are missing.
+# Installs the Debian packages kvnode's tests and benchmarks (wrk) need, when
+# they are missing.
 # Needs root (the integration tests need it too: tmpfs mounts, network
 # namespaces, iptables).
 set -euo pipefail
@@ -11,6 +12,7 @@ wanted=(
 	"make:make"
 	"git:git"
 	"curl:curl"
+	"wrk:wrk"
 )
 
 missing=()

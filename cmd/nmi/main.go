@@ -10,6 +10,8 @@
 // It serves two listeners: --listen-addr, the DNAT target pods reach, with
 // only the IMDS token path; and --host-addr on loopback, with /host/token/
 // for kvdriver, /healthz, /readyz and /metrics, which no pod can reach.
+// With --pprof-addr (off by default) a third loopback listener serves
+// net/http/pprof's /debug/pprof/ for profiling.
 package main
 
 import (
@@ -19,6 +21,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -58,6 +61,8 @@ type Config struct {
 	AntiSpoofing        bool
 	PodInterfacePrefix  string
 	PodCIDR             netip.Prefix
+	// PprofAddr serves /debug/pprof/ when valid; the zero value is off.
+	PprofAddr netip.AddrPort
 }
 
 func main() {
@@ -73,6 +78,7 @@ func parseFlags(args []string) (Config, bool, error) {
 	var (
 		cfg                            Config
 		listen, host, nodeIDs, podCIDR string
+		pprofAddr                      string
 		showVersion                    bool
 	)
 	fs := flag.NewFlagSet("nmi", flag.ContinueOnError)
@@ -88,6 +94,7 @@ func parseFlags(args []string) (Config, bool, error) {
 	fs.BoolVar(&cfg.AntiSpoofing, "anti-spoofing", true, "drop packets from a pod's veth whose source is not that pod's address (routed CNIs: a /32 route per pod through a veth)")
 	fs.StringVar(&cfg.PodInterfacePrefix, "pod-interface-prefix", "", "intercept only packets entering through interfaces with this name prefix (e.g. cali, azv); default every interface but lo")
 	fs.StringVar(&podCIDR, "pod-cidr", "", "intercept only packets whose source is in this IPv4 CIDR; default any source")
+	fs.StringVar(&pprofAddr, "pprof-addr", "", "loopback address:port to serve net/http/pprof's /debug/pprof/ on; empty: off")
 	fs.BoolVar(&showVersion, "version", false, "print the version and exit")
 	klog.InitFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -108,6 +115,11 @@ func parseFlags(args []string) (Config, bool, error) {
 	}
 	if cfg.HostAddr, err = netip.ParseAddrPort(host); err != nil || !cfg.HostAddr.Addr().IsLoopback() {
 		return cfg, false, fmt.Errorf("--host-addr %q: want a loopback address:port", host)
+	}
+	if pprofAddr != "" {
+		if cfg.PprofAddr, err = netip.ParseAddrPort(pprofAddr); err != nil || !cfg.PprofAddr.Addr().IsLoopback() {
+			return cfg, false, fmt.Errorf("--pprof-addr %q: want a loopback address:port", pprofAddr)
+		}
 	}
 	if podCIDR != "" {
 		if cfg.PodCIDR, err = netip.ParsePrefix(podCIDR); err != nil {
@@ -207,6 +219,17 @@ func run(args []string) error {
 		podLn.Close()
 		return err
 	}
+	var (
+		pprofSrv *http.Server
+		pprofLn  net.Listener
+	)
+	if cfg.PprofAddr.IsValid() {
+		if pprofSrv, pprofLn, err = pprofServer(cfg.PprofAddr.String()); err != nil {
+			podLn.Close()
+			nodeLn.Close()
+			return err
+		}
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -224,6 +247,9 @@ func run(args []string) error {
 	}
 	g.Go(func() error { return serve(gctx, podSrv, podLn) })
 	g.Go(func() error { return serve(gctx, nodeSrv, nodeLn) })
+	if pprofSrv != nil {
+		g.Go(func() error { return serve(gctx, pprofSrv, pprofLn) })
+	}
 	g.Go(func() error {
 		if pods.WaitForSync(gctx) && binds.WaitForSync(gctx) {
 			klog.InfoS("Informers synced")
@@ -254,6 +280,23 @@ func serve(ctx context.Context, hs *http.Server, ln net.Listener) error {
 	defer cancel()
 	_ = hs.Shutdown(sctx)
 	return nil
+}
+
+// pprofServer serves net/http/pprof's handlers on addr, on a mux of its
+// own: nothing else is exposed there.
+func pprofServer(addr string) (*http.Server, net.Listener, error) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, nil, err
+	}
+	// No write timeout: a CPU profile answers after its ?seconds=.
+	return &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}, ln, nil
 }
 
 func restConfig(kubeconfig string) (*rest.Config, error) {

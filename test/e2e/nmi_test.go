@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -217,6 +218,12 @@ func TestNMI(t *testing.T) {
 	t.Run("no token in the logs", func(t *testing.T) {
 		assert.NotContains(t, nmi.logs.String(), "eyJ", "nmi logged something that looks like a JWT")
 	})
+	t.Run("the chart's ClusterRole is enough", func(t *testing.T) {
+		// Informers retry a Forbidden list quietly; the API server's
+		// message in nmi's log gives it away.
+		refused := regexp.MustCompile(`system:serviceaccount:` + chartNamespace + `:kvnode-nmi\\?" cannot`)
+		assert.Empty(t, refused.FindAllString(nmi.logs.String(), 5), "nmi was refused something the chart's ClusterRole does not grant")
+	})
 
 	// A clean shutdown removes every rule nmi installed.
 	nmi.stop(t)
@@ -229,7 +236,7 @@ func TestNMI(t *testing.T) {
 
 // requireNode skips unless the test runs in testenv's private namespace with
 // iptables and ip, and refuses to run in the machine's own namespace.
-func requireNode(t *testing.T) {
+func requireNode(t testing.TB) {
 	t.Helper()
 	testenv.RequireNetns(t)
 	for _, tool := range []string{"iptables", "ip", "curl"} {
@@ -244,7 +251,7 @@ func requireNode(t *testing.T) {
 	require.NotEqual(t, parent, self, "refusing to run in the machine's network namespace")
 }
 
-func createCR(ctx context.Context, t *testing.T, dyn dynamic.Interface, gvr schema.GroupVersionResource, kind, name string, spec map[string]any) {
+func createCR(ctx context.Context, t testing.TB, dyn dynamic.Interface, gvr schema.GroupVersionResource, kind, name string, spec map[string]any) {
 	t.Helper()
 	u := &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": gvr.Group + "/" + gvr.Version, "kind": kind,
@@ -257,7 +264,7 @@ func createCR(ctx context.Context, t *testing.T, dyn dynamic.Interface, gvr sche
 
 // createNodePod creates p's Pod on node-1 and reports its address, as
 // kubelet would once the CNI has wired it.
-func createNodePod(ctx context.Context, t *testing.T, cp *controlplane.ControlPlane, p *nmiPod) {
+func createNodePod(ctx context.Context, t testing.TB, cp *controlplane.ControlPlane, p *nmiPod) {
 	t.Helper()
 	pod, err := cp.Client.CoreV1().Pods("apps").Create(ctx, &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: p.name, Labels: map[string]string{bindings.SelectorLabel: p.name}},
@@ -276,7 +283,7 @@ func createNodePod(ctx context.Context, t *testing.T, cp *controlplane.ControlPl
 
 // addPodNetns creates p's network namespace and veth pair, and removes them
 // when the test ends.
-func addPodNetns(t *testing.T, p *nmiPod) {
+func addPodNetns(t testing.TB, p *nmiPod) {
 	t.Helper()
 	p.netns = fmt.Sprintf("kvnode-nmi-%d-%s", os.Getpid(), p.name)
 	p.hostIf = "nmi" + p.name // "nmipod-a": at most 15 bytes
@@ -298,20 +305,20 @@ func addPodNetns(t *testing.T, p *nmiPod) {
 	ipIn(t, p, "route", "add", "default", "via", podGateway, "dev", "eth0")
 }
 
-func ip(t *testing.T, args ...string) {
+func ip(t testing.TB, args ...string) {
 	t.Helper()
 	out, err := exec.Command("ip", args...).CombinedOutput()
 	require.NoError(t, err, "ip %s: %s", strings.Join(args, " "), out)
 }
 
-func ipIn(t *testing.T, p *nmiPod, args ...string) {
+func ipIn(t testing.TB, p *nmiPod, args ...string) {
 	t.Helper()
 	ip(t, append([]string{"-n", p.netns}, args...)...)
 }
 
 // podEnv is a pod's environment: no proxy and no Azure settings, so the SDK
 // dials 169.254.169.254:80 itself.
-func podEnv(t *testing.T) []string {
+func podEnv(t testing.TB) []string {
 	return []string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir()}
 }
 
@@ -387,21 +394,24 @@ type nmiProcess struct {
 	stopped bool
 }
 
-func startNMI(t *testing.T, cp *controlplane.ControlPlane, emu *emulator.Emulator) *nmiProcess {
+// startNMI runs nmi on the node with args as extra flags.
+func startNMI(t testing.TB, cp *controlplane.ControlPlane, emu *emulator.Emulator, args ...string) *nmiProcess {
 	t.Helper()
 	// nmi's address on the node's lo: bindable before any pod exists.
 	ip(t, "addr", "add", nmiAddr+"/32", "dev", "lo")
 	t.Cleanup(func() { _ = exec.Command("ip", "addr", "del", nmiAddr+"/32", "dev", "lo").Run() })
 
+	// nmi acts as the chart's nmi ServiceAccount with the chart's
+	// ClusterRole: a right the chart lacks fails the test as Forbidden.
 	dir := t.TempDir()
-	kubeconfig, err := cp.WriteKubeconfig(dir, nil)
+	kubeconfig, err := cp.WriteKubeconfig(dir, installChartRBAC(t, cp, "nmi"))
 	require.NoError(t, err)
 	host := freeLoopbackAddr(t)
 	n := &nmiProcess{logs: &syncBuffer{}, host: host, done: make(chan error, 1)}
-	n.cmd = exec.Command(testenv.Binary(t, "nmi"),
+	n.cmd = exec.Command(testenv.Binary(t, "nmi"), append([]string{
 		"--node-name", nmiNodeName, "--kubeconfig", kubeconfig,
 		"--listen-addr", net.JoinHostPort(nmiAddr, strconv.Itoa(nmiPort)), "--host-addr", host,
-		"--default-tenant-id", nmiTenant, "--reconcile-interval", "5s", "-v", "4")
+		"--default-tenant-id", nmiTenant, "--reconcile-interval", "5s", "-v", "4"}, args...)...)
 	// The emulator's proxy settings reach nmi's upstream calls (IMDS and
 	// Entra ID); the loopback API server is dialled directly.
 	n.cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir}, emu.Env()...)
@@ -423,7 +433,7 @@ func startNMI(t *testing.T, cp *controlplane.ControlPlane, emu *emulator.Emulato
 }
 
 // stop sends SIGTERM and waits for nmi to remove its rules and exit.
-func (n *nmiProcess) stop(t *testing.T) {
+func (n *nmiProcess) stop(t testing.TB) {
 	t.Helper()
 	if n.stopped {
 		return
@@ -440,7 +450,7 @@ func (n *nmiProcess) stop(t *testing.T) {
 	}
 }
 
-func freeLoopbackAddr(t *testing.T) string {
+func freeLoopbackAddr(t testing.TB) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
@@ -449,7 +459,7 @@ func freeLoopbackAddr(t *testing.T) string {
 	return addr
 }
 
-func (n *nmiProcess) get(t *testing.T, path string) (int, string) {
+func (n *nmiProcess) get(t testing.TB, path string) (int, string) {
 	t.Helper()
 	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{Proxy: nil}}
 	resp, err := c.Get("http://" + n.host + path)
@@ -462,7 +472,7 @@ func (n *nmiProcess) get(t *testing.T, path string) (int, string) {
 	return resp.StatusCode, b.String()
 }
 
-func (n *nmiProcess) waitReady(t *testing.T) {
+func (n *nmiProcess) waitReady(t testing.TB) {
 	t.Helper()
 	require.Eventually(t, func() bool {
 		status, _ := n.get(t, "/readyz")
@@ -471,7 +481,7 @@ func (n *nmiProcess) waitReady(t *testing.T) {
 }
 
 // waitAntiSpoofing waits until the raw table has a rule for every pod's veth.
-func (n *nmiProcess) waitAntiSpoofing(t *testing.T, pods ...*nmiPod) {
+func (n *nmiProcess) waitAntiSpoofing(t testing.TB, pods ...*nmiPod) {
 	t.Helper()
 	require.Eventually(t, func() bool {
 		out, err := exec.Command("iptables", "-w", "-t", "raw", "-S").Output()
@@ -505,7 +515,7 @@ func (n *nmiProcess) spoofDrops(t *testing.T, p *nmiPod) int {
 }
 
 // metric reads one sample from nmi's /metrics (0 when absent).
-func (n *nmiProcess) metric(t *testing.T, name string) float64 {
+func (n *nmiProcess) metric(t testing.TB, name string) float64 {
 	t.Helper()
 	status, body := n.get(t, "/metrics")
 	require.Equal(t, http.StatusOK, status, body)
