@@ -80,6 +80,13 @@ func startDriverEnvArgs(t testing.TB, driverArgs ...string) *driverEnv {
 	emu, err := emulator.Start(emulator.Options{Dir: t.TempDir()})
 	require.NoError(t, err)
 	t.Cleanup(func() { emu.Close() })
+	return startKVDriver(t, cp, emu, driverArgs...)
+}
+
+// startKVDriver runs the kvdriver binary on a node whose control plane (with
+// the CRDs) and emulator already run.
+func startKVDriver(t testing.TB, cp *controlplane.ControlPlane, emu *emulator.Emulator, driverArgs ...string) *driverEnv {
+	t.Helper()
 	dyn, err := dynamic.NewForConfig(cp.Config)
 	require.NoError(t, err)
 
