@@ -63,6 +63,9 @@ type Config struct {
 	PodCIDR             netip.Prefix
 	// PprofAddr serves /debug/pprof/ when valid; the zero value is off.
 	PprofAddr netip.AddrPort
+	// ProxyInstanceMetadata forwards pods' /metadata/instance requests to
+	// the node's IMDS; off, they are refused like any other path.
+	ProxyInstanceMetadata bool
 }
 
 func main() {
@@ -89,6 +92,7 @@ func parseFlags(args []string) (Config, bool, error) {
 	fs.StringVar(&cfg.IMDSEndpoint, "imds-endpoint", "http://"+interception.MetadataIP, "the node's instance metadata service, for managed identities assigned to the node")
 	fs.StringVar(&cfg.DefaultTenantID, "default-tenant-id", "", "tenant of workload identities whose ServiceAccount has no azure.workload.identity/tenant-id annotation")
 	fs.StringVar(&nodeIDs, "node-identities", "", "comma-separated client IDs of managed identities assigned to the node that a ServiceAccount annotation alone may bind (served from IMDS, no federated credential checked); empty: none")
+	fs.BoolVar(&cfg.ProxyInstanceMetadata, "proxy-instance-metadata", false, "forward pods' /metadata/instance requests to the node's IMDS (off: refused, like every path but the token endpoint)")
 	fs.BoolVar(&cfg.SkipAzureIdentities, "skip-azure-identities", false, "do not watch aad-pod-identity's AzureIdentity and AzureIdentityBinding (for clusters without those CRDs)")
 	fs.DurationVar(&cfg.ReconcileInterval, "reconcile-interval", 30*time.Second, "how often the iptables rules are checked and repaired")
 	fs.BoolVar(&cfg.AntiSpoofing, "anti-spoofing", true, "drop packets from a pod's veth whose source is not that pod's address (routed CNIs: a /32 route per pod through a veth)")
@@ -189,8 +193,14 @@ func run(args []string) error {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	var instance *imds.InstanceProxy
+	podRoutes := []string{imds.TokenPath}
+	if cfg.ProxyInstanceMetadata {
+		instance = &imds.InstanceProxy{BaseURL: cfg.IMDSEndpoint, Client: &http.Client{Transport: transport, Timeout: 10 * time.Second}}
+		podRoutes = append(podRoutes, imds.InstancePath)
+	}
 	srv, err := imds.New(imds.Config{
-		Pods: pods, Bindings: binds, Tokens: tokens, Registry: reg, CacheStats: tokens.Stats,
+		Pods: pods, Bindings: binds, Tokens: tokens, Registry: reg, CacheStats: tokens.Stats, Instance: instance,
 		Ready: func() error {
 			switch {
 			case !pods.HasSynced():
@@ -207,7 +217,7 @@ func run(args []string) error {
 		return err
 	}
 	podSrv := srv.HTTPServer(cfg.ListenAddr.String())
-	podSrv.Handler = srv.Restrict(imds.TokenPath)
+	podSrv.Handler = srv.Restrict(podRoutes...)
 	nodeSrv := srv.HTTPServer(cfg.HostAddr.String())
 	nodeSrv.Handler = srv.Restrict(imds.HostTokenPath, imds.HealthzPath, imds.ReadyzPath, imds.MetricsPath)
 	podLn, err := net.Listen("tcp4", podSrv.Addr)

@@ -18,6 +18,7 @@ const (
 	epHealthz
 	epReadyz
 	epMetrics
+	epInstance
 	epUnknown
 	numEndpoints
 )
@@ -34,6 +35,8 @@ func (e endpoint) String() string {
 		return "readyz"
 	case epMetrics:
 		return "metrics"
+	case epInstance:
+		return "instance"
 	}
 	return "unknown"
 }

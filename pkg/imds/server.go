@@ -81,6 +81,9 @@ type Config struct {
 	HostAddrs []netip.Addr
 	// Now returns the current time; default time.Now.
 	Now func() time.Time
+	// Instance, when set, forwards /metadata/instance (and its sub-paths)
+	// to the node's IMDS; when nil they are refused like any unknown path.
+	Instance *InstanceProxy
 }
 
 // Server answers nmi's HTTP requests. It is safe for concurrent use.
@@ -90,6 +93,7 @@ type Server struct {
 	tokens    TokenSource
 	ready     func() error
 	hostAddrs []netip.Addr
+	instance  *InstanceProxy
 	now       func() time.Time
 	metrics   *metrics
 	promh     http.Handler
@@ -131,6 +135,7 @@ func New(cfg Config) (*Server, error) {
 		tokens:     cfg.Tokens,
 		ready:      cfg.Ready,
 		hostAddrs:  append([]netip.Addr(nil), cfg.HostAddrs...),
+		instance:   cfg.Instance,
 		now:        cfg.Now,
 		metrics:    m,
 		promh:      promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{}),
@@ -172,7 +177,7 @@ func (s *Server) Restrict(routes ...string) http.Handler {
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		path, _, _ := strings.Cut(r.RequestURI, "?")
-		if !allowed[path] {
+		if !allowed[path] && !(allowed[InstancePath] && isInstancePath(path)) {
 			start := s.now()
 			status := s.writeError(w, &requestError{status: http.StatusNotFound, code: "not_found", desc: descNotFound})
 			s.metrics.observe(epUnknown, status, s.now().Sub(start))
@@ -202,6 +207,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case MetricsPath:
 		ep, status = epMetrics, s.serveMetrics(w, r)
 	default:
+		if s.instance != nil && isInstancePath(path) {
+			ep, status = epInstance, s.serveInstance(w, r, path, rawQuery)
+			break
+		}
 		ep, status = epUnknown, s.writeError(w, &requestError{status: http.StatusNotFound, code: "not_found", desc: descNotFound})
 	}
 	s.metrics.observe(ep, status, s.now().Sub(start))
