@@ -66,6 +66,14 @@ type Config struct {
 	// ProxyInstanceMetadata forwards pods' /metadata/instance requests to
 	// the node's IMDS; off, they are refused like any other path.
 	ProxyInstanceMetadata bool
+	// RemoveRulesOnExit removes the interception rules when nmi stops. With
+	// it off, a restarting nmi fails closed: pods' connections to the
+	// metadata address are refused until the next nmi is up, instead of
+	// reaching the node's IMDS (and every identity assigned to the node).
+	RemoveRulesOnExit bool
+	// Cleanup removes the interception rules and exits (after an uninstall
+	// that kept them).
+	Cleanup bool
 }
 
 func main() {
@@ -92,6 +100,9 @@ func parseFlags(args []string) (Config, bool, error) {
 	fs.StringVar(&cfg.IMDSEndpoint, "imds-endpoint", "http://"+interception.MetadataIP, "the node's instance metadata service, for managed identities assigned to the node")
 	fs.StringVar(&cfg.DefaultTenantID, "default-tenant-id", "", "tenant of workload identities whose ServiceAccount has no azure.workload.identity/tenant-id annotation")
 	fs.StringVar(&nodeIDs, "node-identities", "", "comma-separated client IDs of managed identities assigned to the node that a ServiceAccount annotation alone may bind (served from IMDS, no federated credential checked); empty: none")
+	fs.BoolVar(&cfg.RemoveRulesOnExit, "remove-rules-on-exit", true,
+		"remove the interception rules when nmi stops; false keeps them so that a restart fails closed (pods are refused, not sent to the node's IMDS)")
+	fs.BoolVar(&cfg.Cleanup, "cleanup", false, "remove the interception rules and exit")
 	fs.BoolVar(&cfg.ProxyInstanceMetadata, "proxy-instance-metadata", false, "forward pods' /metadata/instance requests to the node's IMDS (off: refused, like every path but the token endpoint)")
 	fs.BoolVar(&cfg.SkipAzureIdentities, "skip-azure-identities", false, "do not watch aad-pod-identity's AzureIdentity and AzureIdentityBinding (for clusters without those CRDs)")
 	fs.DurationVar(&cfg.ReconcileInterval, "reconcile-interval", 30*time.Second, "how often the iptables rules are checked and repaired")
@@ -151,6 +162,18 @@ func run(args []string) error {
 		return nil
 	}
 
+	if cfg.Cleanup {
+		rules, err := interception.New(interceptionConfig(cfg))
+		if err != nil {
+			return err
+		}
+		if err := rules.Remove(); err != nil {
+			return fmt.Errorf("remove interception rules: %w", err)
+		}
+		klog.InfoS("Removed interception rules")
+		return nil
+	}
+
 	restCfg, err := restConfig(cfg.Kubeconfig)
 	if err != nil {
 		return err
@@ -173,11 +196,7 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	rules, err := interception.New(interception.Config{
-		Address: cfg.ListenAddr.Addr(), Port: cfg.ListenAddr.Port(),
-		InterfacePrefix: cfg.PodInterfacePrefix, PodCIDR: cfg.PodCIDR,
-		DisableRawRules: !cfg.AntiSpoofing,
-	})
+	rules, err := interception.New(interceptionConfig(cfg))
 	if err != nil {
 		return err
 	}
@@ -267,10 +286,14 @@ func run(args []string) error {
 		return nil
 	})
 	err = g.Wait()
-	if rerr := rules.Remove(); rerr != nil {
-		err = errors.Join(err, fmt.Errorf("remove interception rules: %w", rerr))
+	if cfg.RemoveRulesOnExit {
+		if rerr := rules.Remove(); rerr != nil {
+			err = errors.Join(err, fmt.Errorf("remove interception rules: %w", rerr))
+		} else {
+			klog.InfoS("Removed interception rules")
+		}
 	} else {
-		klog.InfoS("Removed interception rules")
+		klog.InfoS("Kept interception rules: pods are refused until nmi is back")
 	}
 	pods.Shutdown()
 	binds.Shutdown()
@@ -314,4 +337,13 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 		return clientcmd.BuildConfigFromFlags("", kubeconfig)
 	}
 	return rest.InClusterConfig()
+}
+
+// interceptionConfig is the interception rules' configuration.
+func interceptionConfig(cfg Config) interception.Config {
+	return interception.Config{
+		Address: cfg.ListenAddr.Addr(), Port: cfg.ListenAddr.Port(),
+		InterfacePrefix: cfg.PodInterfacePrefix, PodCIDR: cfg.PodCIDR,
+		DisableRawRules: !cfg.AntiSpoofing,
+	}
 }
