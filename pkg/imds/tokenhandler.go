@@ -5,7 +5,9 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
+	"strings"
 
+	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 	"k8s.io/klog/v2"
 
 	"github.com/kvnode/kvnode/pkg/tokencache"
@@ -96,7 +98,10 @@ func (s *Server) answerToken(ctx context.Context, w http.ResponseWriter, pod Pod
 // IMDS's own error code and description (never a response body) pass
 // through, and only for statuses a client can act on.
 func upstreamFailure(err error) *requestError {
-	var ue *UpstreamError
+	var (
+		ue *UpstreamError
+		af *azidentity.AuthenticationFailedError
+	)
 	switch {
 	case errors.Is(err, tokencache.ErrUpstreamBusy):
 		return &requestError{status: http.StatusTooManyRequests, code: "too_many_requests",
@@ -104,6 +109,15 @@ func upstreamFailure(err error) *requestError {
 	case errors.Is(err, ErrNoSource):
 		return &requestError{status: http.StatusInternalServerError, code: "unknown_error",
 			desc: "This node cannot issue tokens for the bound identity's kind"}
+	case errors.As(err, &af):
+		// Entra ID refused a workload-identity exchange: the pod's
+		// service account has no federated credential for the identity it
+		// is bound to. Tell the pod so, with Entra's error code only.
+		desc := "Entra ID refused the token exchange for this pod's service account"
+		if code := aadstsCode(err.Error()); code != "" {
+			desc += " (" + code + ")"
+		}
+		return &requestError{status: http.StatusForbidden, code: "invalid_request", desc: desc}
 	case errors.As(err, &ue):
 		switch ue.Status {
 		case http.StatusBadRequest, http.StatusNotFound, http.StatusGone, http.StatusTooManyRequests:
@@ -134,4 +148,20 @@ func defaultCode(status int) string {
 		return "too_many_requests"
 	}
 	return "invalid_request"
+}
+
+// aadstsCode returns the first "AADSTS<digits>" in msg, or "".
+func aadstsCode(msg string) string {
+	i := strings.Index(msg, "AADSTS")
+	if i < 0 {
+		return ""
+	}
+	j := i + len("AADSTS")
+	for j < len(msg) && msg[j] >= '0' && msg[j] <= '9' {
+		j++
+	}
+	if j == i+len("AADSTS") {
+		return ""
+	}
+	return msg[i:j]
 }

@@ -3,6 +3,7 @@ package imds
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/url"
@@ -10,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -175,4 +179,30 @@ func TestEmulatorErrorsThroughServer(t *testing.T) {
 
 	status, _, body = rawRequest(t, addr, get(TokenPath+"?"+goodQuery+"&client_id="+p.ClientID, md))
 	assert.Equal(t, http.StatusOK, status, body)
+}
+
+// Entra ID refusing a workload-identity exchange reaches the pod as 403
+// with Entra's error code, not as a 502 that says nothing.
+func TestEntraRefusalIsForbidden(t *testing.T) {
+	testenv.RequireNetns(t)
+	e, err := emulator.Start(emulator.Options{Dir: t.TempDir()})
+	require.NoError(t, err)
+	t.Cleanup(func() { e.Close() })
+	const tenant = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"
+	app, err := e.AddApplication(emulator.Principal{TenantID: tenant, ClientID: "f0e1d2c3-b4a5-4968-8776-a5b4c3d2e1f0"})
+	require.NoError(t, err)
+	cred, err := azidentity.NewClientAssertionCredential(tenant, app.ClientID,
+		func(context.Context) (string, error) { return "not-a-service-account-token", nil },
+		&azidentity.ClientAssertionCredentialOptions{ClientOptions: azcore.ClientOptions{Transport: e.HTTPClient()}})
+	require.NoError(t, err)
+	_, err = cred.GetToken(context.Background(), policy.TokenRequestOptions{Scopes: []string{vault + "/.default"}})
+	require.Error(t, err)
+
+	re := upstreamFailure(fmt.Errorf("workload identity %s for apps/web: %w", app.ClientID, err))
+	assert.Equal(t, http.StatusForbidden, re.status)
+	assert.Equal(t, "invalid_request", re.code)
+	assert.Regexp(t, `^Entra ID refused the token exchange for this pod's service account \(AADSTS\d+\)$`, re.desc)
+
+	assert.Equal(t, "AADSTS700213", aadstsCode("x: AADSTS700213: No matching"))
+	assert.Empty(t, aadstsCode("AADSTS: nothing"))
 }
