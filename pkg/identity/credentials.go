@@ -127,6 +127,9 @@ type cached struct {
 // Entra ID request while its access token is valid.
 type Credentials struct {
 	opts Options
+	// nmi is the one client every pod-identity credential talks to nmi
+	// with, so they share its connections.
+	nmi *http.Client
 
 	mu      sync.Mutex
 	entries map[credKey]*cached
@@ -140,7 +143,7 @@ func NewCredentials(opts Options) *Credentials {
 	if opts.NMIEndpoint == "" {
 		opts.NMIEndpoint = DefaultNMIEndpoint
 	}
-	return &Credentials{opts: opts, entries: map[credKey]*cached{}}
+	return &Credentials{opts: opts, nmi: &http.Client{Timeout: 30 * time.Second}, entries: map[credKey]*cached{}}
 }
 
 // Credential returns the credential for req and a stable identifier of it
@@ -229,7 +232,7 @@ func (c *Credentials) build(key credKey, req Request) (*cached, error) {
 	switch req.Mode {
 	case PodIdentity:
 		e.cred = &podIdentityCredential{endpoint: strings.TrimRight(c.opts.NMIEndpoint, "/"),
-			client: &http.Client{Timeout: 30 * time.Second}, namespace: req.Namespace, pod: req.PodName}
+			client: c.nmi, namespace: req.Namespace, pod: req.PodName}
 	case ServicePrincipal:
 		e.cred, err = azidentity.NewClientSecretCredential(req.TenantID, req.ClientID, req.ClientSecret,
 			&azidentity.ClientSecretCredentialOptions{ClientOptions: opts})

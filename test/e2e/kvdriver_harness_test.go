@@ -76,11 +76,19 @@ func startDriverEnv(t testing.TB) *driverEnv {
 func startDriverEnvArgs(t testing.TB, driverArgs ...string) *driverEnv {
 	t.Helper()
 	testenv.RequireNetns(t)
+	cp, emu := startNode(t)
+	return startKVDriver(t, cp, emu, driverArgs...)
+}
+
+// startNode starts what every node of the e2e tests shares: a control plane
+// with the chart's CRDs and the Azure emulator, both stopped when t ends.
+func startNode(t testing.TB) (*controlplane.ControlPlane, *emulator.Emulator) {
+	t.Helper()
 	cp := controlplane.Start(t, controlplane.Options{CRDDirectoryPaths: []string{filepath.Join("..", "..", "charts", "kvnode", "crds")}})
 	emu, err := emulator.Start(emulator.Options{Dir: t.TempDir()})
 	require.NoError(t, err)
 	t.Cleanup(func() { emu.Close() })
-	return startKVDriver(t, cp, emu, driverArgs...)
+	return cp, emu
 }
 
 // startKVDriver runs the kvdriver binary on a node whose control plane (with

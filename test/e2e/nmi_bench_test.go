@@ -21,10 +21,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
-	"k8s.io/client-go/dynamic"
 
-	"github.com/kvnode/kvnode/pkg/bindings"
-	"github.com/kvnode/kvnode/test/controlplane"
 	"github.com/kvnode/kvnode/test/emulator"
 )
 
@@ -69,10 +66,7 @@ func BenchmarkNMILoad(b *testing.B) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	cp := controlplane.Start(b, controlplane.Options{CRDDirectoryPaths: []string{filepath.Join("..", "..", "charts", "kvnode", "crds")}})
-	emu, err := emulator.Start(emulator.Options{Dir: b.TempDir()})
-	require.NoError(b, err)
-	b.Cleanup(func() { emu.Close() })
+	cp, emu := startNode(b)
 
 	// One pod bound to a managed identity of the node.
 	mi, err := emu.AddManagedIdentity(emulator.Principal{TenantID: nmiTenant})
@@ -80,12 +74,7 @@ func BenchmarkNMILoad(b *testing.B) {
 	require.NoError(b, cp.EnsureNamespace(ctx, "apps"))
 	_, err = cp.CreateServiceAccount(ctx, "apps", "sa-load", nil)
 	require.NoError(b, err)
-	dyn, err := dynamic.NewForConfig(cp.Config)
-	require.NoError(b, err)
-	createCR(ctx, b, dyn, bindings.AzureIdentitiesResource, "AzureIdentity", "id-load",
-		map[string]any{"type": int64(0), "clientID": mi.ClientID, "resourceID": mi.ResourceID})
-	createCR(ctx, b, dyn, bindings.AzureIdentityBindingsResource, "AzureIdentityBinding", "id-load-binding",
-		map[string]any{"azureIdentity": "id-load", "selector": "pod-load"})
+	bindAzureIdentity(ctx, b, cp, "id-load", mi, "pod-load")
 	pod := &nmiPod{name: "pod-load", sa: "sa-load", ip: "10.244.1.20"}
 	createNodePod(ctx, b, cp, pod)
 	addPodNetns(b, pod)

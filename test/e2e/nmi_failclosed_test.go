@@ -5,7 +5,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
@@ -13,8 +12,6 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/kvnode/kvnode/test/controlplane"
-	"github.com/kvnode/kvnode/test/emulator"
 	"github.com/kvnode/kvnode/test/testenv"
 )
 
@@ -26,12 +23,9 @@ func TestNMIRestartFailsClosed(t *testing.T) {
 	requireNode(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cp := controlplane.Start(t, controlplane.Options{CRDDirectoryPaths: []string{filepath.Join("..", "..", "charts", "kvnode", "crds")}})
-	emu, err := emulator.Start(emulator.Options{Dir: t.TempDir()})
-	require.NoError(t, err)
-	t.Cleanup(func() { emu.Close() })
+	cp, emu := startNode(t)
 	require.NoError(t, cp.EnsureNamespace(ctx, "apps"))
-	_, err = cp.CreateServiceAccount(ctx, "apps", "sa-d", nil)
+	_, err := cp.CreateServiceAccount(ctx, "apps", "sa-d", nil)
 	require.NoError(t, err)
 	pod := &nmiPod{name: "pod-d", sa: "sa-d", ip: "10.244.3.2"}
 	createNodePod(ctx, t, cp, pod)

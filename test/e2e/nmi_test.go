@@ -13,7 +13,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -69,37 +68,8 @@ func TestNMI(t *testing.T) {
 	requireNode(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	cp := controlplane.Start(t, controlplane.Options{CRDDirectoryPaths: []string{filepath.Join("..", "..", "charts", "kvnode", "crds")}})
-	emu, err := emulator.Start(emulator.Options{Dir: t.TempDir()})
-	require.NoError(t, err)
-	t.Cleanup(func() { emu.Close() })
-
-	// Azure: A's application trusts the cluster's service account apps/sa-a;
-	// B is a managed identity assigned to the node.
-	jwks, err := cp.JWKS(ctx)
-	require.NoError(t, err)
-	require.NoError(t, emu.TrustIssuer(cp.Issuer, jwks))
-	appA, err := emu.AddApplication(emulator.Principal{TenantID: nmiTenant, ClientID: nmiClientA, Federated: []emulator.FederatedCredential{
-		{Issuer: cp.Issuer, Subject: "system:serviceaccount:apps:sa-a"},
-	}})
-	require.NoError(t, err)
-	miB, err := emu.AddManagedIdentity(emulator.Principal{TenantID: nmiTenant})
-	require.NoError(t, err)
-
-	// Kubernetes: ServiceAccounts, B's binding, the pods on node-1.
-	require.NoError(t, cp.EnsureNamespace(ctx, "apps"))
-	_, err = cp.CreateServiceAccount(ctx, "apps", "sa-a", map[string]string{bindings.ClientIDAnnotation: appA.ClientID})
-	require.NoError(t, err)
-	for _, sa := range []string{"sa-b", "sa-c"} {
-		_, err = cp.CreateServiceAccount(ctx, "apps", sa, nil)
-		require.NoError(t, err)
-	}
-	dyn, err := dynamic.NewForConfig(cp.Config)
-	require.NoError(t, err)
-	createCR(ctx, t, dyn, bindings.AzureIdentitiesResource, "AzureIdentity", "id-b",
-		map[string]any{"type": int64(0), "clientID": miB.ClientID, "resourceID": miB.ResourceID})
-	createCR(ctx, t, dyn, bindings.AzureIdentityBindingsResource, "AzureIdentityBinding", "id-b-binding",
-		map[string]any{"azureIdentity": "id-b", "selector": "pod-b"})
+	cp, emu := startNode(t)
+	appA, miB := bindABC(ctx, t, cp, emu)
 
 	podA := &nmiPod{name: "pod-a", sa: "sa-a", ip: "10.244.1.2"}
 	podB := &nmiPod{name: "pod-b", sa: "sa-b", ip: "10.244.1.3"}
@@ -249,6 +219,47 @@ func requireNode(t testing.TB) {
 	parent, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", os.Getppid()))
 	require.NoError(t, err)
 	require.NotEqual(t, parent, self, "refusing to run in the machine's network namespace")
+}
+
+// bindABC sets up the identities of pods A, B and C in namespace apps: A's
+// ServiceAccount sa-a is annotated with an application that has a federated
+// credential for it (workload identity); B (label pod-b) is bound to a
+// managed identity of the node by an AzureIdentityBinding; sa-c has
+// nothing.
+func bindABC(ctx context.Context, t testing.TB, cp *controlplane.ControlPlane, emu *emulator.Emulator) (appA, miB emulator.Principal) {
+	t.Helper()
+	jwks, err := cp.JWKS(ctx)
+	require.NoError(t, err)
+	require.NoError(t, emu.TrustIssuer(cp.Issuer, jwks))
+	appA, err = emu.AddApplication(emulator.Principal{TenantID: nmiTenant, ClientID: nmiClientA, Federated: []emulator.FederatedCredential{
+		{Issuer: cp.Issuer, Subject: "system:serviceaccount:apps:sa-a"},
+	}})
+	require.NoError(t, err)
+	miB, err = emu.AddManagedIdentity(emulator.Principal{TenantID: nmiTenant})
+	require.NoError(t, err)
+
+	require.NoError(t, cp.EnsureNamespace(ctx, "apps"))
+	_, err = cp.CreateServiceAccount(ctx, "apps", "sa-a", map[string]string{bindings.ClientIDAnnotation: appA.ClientID})
+	require.NoError(t, err)
+	for _, sa := range []string{"sa-b", "sa-c"} {
+		_, err = cp.CreateServiceAccount(ctx, "apps", sa, nil)
+		require.NoError(t, err)
+	}
+	bindAzureIdentity(ctx, t, cp, "id-b", miB, "pod-b")
+	return appA, miB
+}
+
+// bindAzureIdentity creates an AzureIdentity name for the managed identity
+// mi and an AzureIdentityBinding giving it to pods labelled
+// aadpodidbinding=selector, in namespace apps.
+func bindAzureIdentity(ctx context.Context, t testing.TB, cp *controlplane.ControlPlane, name string, mi emulator.Principal, selector string) {
+	t.Helper()
+	dyn, err := dynamic.NewForConfig(cp.Config)
+	require.NoError(t, err)
+	createCR(ctx, t, dyn, bindings.AzureIdentitiesResource, "AzureIdentity", name,
+		map[string]any{"type": int64(0), "clientID": mi.ClientID, "resourceID": mi.ResourceID})
+	createCR(ctx, t, dyn, bindings.AzureIdentityBindingsResource, "AzureIdentityBinding", name+"-binding",
+		map[string]any{"azureIdentity": name, "selector": selector})
 }
 
 func createCR(ctx context.Context, t testing.TB, dyn dynamic.Interface, gvr schema.GroupVersionResource, kind, name string, spec map[string]any) {

@@ -13,10 +13,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/dynamic"
 
-	"github.com/kvnode/kvnode/pkg/bindings"
-	"github.com/kvnode/kvnode/test/controlplane"
 	"github.com/kvnode/kvnode/test/emulator"
 	"github.com/kvnode/kvnode/test/testenv"
 )
@@ -35,40 +32,14 @@ func TestPodIdentityMounts(t *testing.T) {
 	requireNode(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	cp := controlplane.Start(t, controlplane.Options{CRDDirectoryPaths: []string{filepath.Join("..", "..", "charts", "kvnode", "crds")}})
-	emu, err := emulator.Start(emulator.Options{Dir: t.TempDir()})
-	require.NoError(t, err)
-	t.Cleanup(func() { emu.Close() })
-
-	jwks, err := cp.JWKS(ctx)
-	require.NoError(t, err)
-	require.NoError(t, emu.TrustIssuer(cp.Issuer, jwks))
-	appA, err := emu.AddApplication(emulator.Principal{TenantID: nmiTenant, ClientID: nmiClientA, Federated: []emulator.FederatedCredential{
-		{Issuer: cp.Issuer, Subject: "system:serviceaccount:apps:sa-a"},
-	}})
-	require.NoError(t, err)
-	miB, err := emu.AddManagedIdentity(emulator.Principal{TenantID: nmiTenant})
-	require.NoError(t, err)
+	cp, emu := startNode(t)
+	appA, miB := bindABC(ctx, t, cp, emu)
 	require.NoError(t, emu.CreateVault(podIDVault, emulator.VaultOptions{TenantID: nmiTenant}))
 	for _, oid := range []string{appA.ObjectID, miB.ObjectID} {
 		require.NoError(t, emu.Grant(podIDVault, oid, "secrets/get"))
 	}
-	_, err = emu.SetSecret(podIDVault, "db-password", podIDSecret, emulator.SecretOptions{})
+	_, err := emu.SetSecret(podIDVault, "db-password", podIDSecret, emulator.SecretOptions{})
 	require.NoError(t, err)
-
-	require.NoError(t, cp.EnsureNamespace(ctx, "apps"))
-	_, err = cp.CreateServiceAccount(ctx, "apps", "sa-a", map[string]string{bindings.ClientIDAnnotation: appA.ClientID})
-	require.NoError(t, err)
-	for _, sa := range []string{"sa-b", "sa-c"} {
-		_, err = cp.CreateServiceAccount(ctx, "apps", sa, nil)
-		require.NoError(t, err)
-	}
-	dyn, err := dynamic.NewForConfig(cp.Config)
-	require.NoError(t, err)
-	createCR(ctx, t, dyn, bindings.AzureIdentitiesResource, "AzureIdentity", "id-b",
-		map[string]any{"type": int64(0), "clientID": miB.ClientID, "resourceID": miB.ResourceID})
-	createCR(ctx, t, dyn, bindings.AzureIdentityBindingsResource, "AzureIdentityBinding", "id-b-binding",
-		map[string]any{"azureIdentity": "id-b", "selector": "pod-b"})
 	pods := []*nmiPod{{name: "pod-a", sa: "sa-a", ip: "10.244.2.2"}, {name: "pod-b", sa: "sa-b", ip: "10.244.2.3"}, {name: "pod-c", sa: "sa-c", ip: "10.244.2.4"}}
 	for _, p := range pods {
 		createNodePod(ctx, t, cp, p)
