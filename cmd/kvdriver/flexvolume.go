@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -49,13 +50,28 @@ func flexVolumeArgs(argv []string) ([]string, bool) {
 // runFlexVolume serves one call, prints its result to stdout and returns
 // the exit status. kubelet reads stdout and stderr together as the result,
 // so nothing else is ever written to either: logs go to --log-file or
-// nowhere.
+// nowhere. The status is 0 whenever a result was printed, Failure and "Not
+// supported" included: kubelet takes the outcome from the result, and a
+// non-zero exit only makes it log the call's argv (which holds the secretRef
+// Secret's values) at warning level. A panic becomes a Failure for the same
+// reason.
 func runFlexVolume(args []string, stdout io.Writer) int {
-	res := flexVolumeCall(args)
+	res := safeFlexVolumeCall(args)
 	if err := res.Write(stdout); err != nil {
 		return 1
 	}
-	return res.ExitCode()
+	return 0
+}
+
+func safeFlexVolumeCall(args []string) (res flexvolume.Result) {
+	defer func() {
+		if r := recover(); r != nil {
+			res = flexvolume.Failure("kvdriver flexvolume: internal error (%T); see --log-file", r)
+			klog.ErrorS(nil, "FlexVolume call panicked", "panic", fmt.Sprintf("%T", r), "stack", string(debug.Stack()))
+			klog.Flush()
+		}
+	}()
+	return flexVolumeCall(args)
 }
 
 func flexVolumeCall(args []string) flexvolume.Result {

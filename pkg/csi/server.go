@@ -16,10 +16,11 @@ import (
 	"time"
 
 	csipb "github.com/container-storage-interface/spec/lib/go/csi"
-	"github.com/kubernetes-csi/csi-lib-utils/protosanitizer"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
+
+	"github.com/kvnode/kvnode/pkg/redact"
 )
 
 // DefaultDriverName is the upstream secrets-store CSI driver's name, so that
@@ -106,22 +107,41 @@ func (s *Server) Stop() {
 	})
 }
 
-// logRPC logs each call with secrets stripped from the request (the
-// nodePublishSecretRef contents and service-account tokens). Probes are
-// logged only at high verbosity.
+// logRPC is the edge of every CSI call. It puts a logger for the call into
+// the context, and logs the call with credentials stripped from the request
+// (the nodePublishSecretRef contents, and the service-account tokens kubelet
+// puts in the volume context). A failed call's status message is scrubbed of
+// the request's credential values and of anything shaped like a token or a
+// private key before it is logged or returned to kubelet, which records it
+// in an event and its own log. Probes are logged only at high verbosity.
 func logRPC(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	v := klog.Level(4)
+	v := 4
 	if info.FullMethod == "/csi.v1.Identity/Probe" {
 		v = 6
 	}
+	scrub := requestScrubber(req)
+	logger := redact.Logger(klog.FromContext(ctx), scrub).WithValues("method", info.FullMethod)
 	start := time.Now()
-	resp, err := handler(ctx, req)
+	resp, err := handler(klog.NewContext(ctx, logger), req)
 	if err != nil {
 		st, _ := status.FromError(err)
-		klog.ErrorS(nil, "CSI call failed", "method", info.FullMethod, "code", st.Code(), "message", st.Message(),
-			"request", protosanitizer.StripSecrets(req), "duration", time.Since(start))
-		return resp, err
+		st = status.New(st.Code(), scrub.String(st.Message()))
+		logger.Error(nil, "CSI call failed", "code", st.Code(), "message", st.Message(),
+			"request", redact.Request(req), "duration", time.Since(start))
+		return resp, st.Err()
 	}
-	klog.V(v).InfoS("CSI call", "method", info.FullMethod, "request", protosanitizer.StripSecrets(req), "duration", time.Since(start))
+	logger.V(v).Info("CSI call", "request", redact.Request(req), "duration", time.Since(start))
 	return resp, nil
+}
+
+// requestScrubber knows the credentials a request carries.
+func requestScrubber(req any) *redact.Scrubber {
+	var s redact.Scrubber
+	if r, ok := req.(interface{ GetSecrets() map[string]string }); ok {
+		s.AddAll(r.GetSecrets())
+	}
+	if r, ok := req.(interface{ GetVolumeContext() map[string]string }); ok {
+		s.AddMap(r.GetVolumeContext())
+	}
+	return &s
 }

@@ -11,9 +11,11 @@
 //	kv unmount <target dir>
 //
 // and reads one JSON object from its output: {"status": "Success" |
-// "Failure" | "Not supported", "message": ...}, with the exit status 0 for
-// Success and 1 otherwise. kubelet reads stdout and stderr together, so the
-// driver writes nothing but that object to either.
+// "Failure" | "Not supported", "message": ...}. kubelet reads stdout and
+// stderr together, so the driver writes nothing but that object to either.
+// The driver exits 0 whenever it printed a result, failures included: when
+// a driver exits non-zero kubelet logs the whole call at warning level, and
+// the call's argv holds the secretRef Secret's values.
 //
 // A mount enters kvdriver's mount path at its parameter step: ParseOptions
 // turns the options into the objects, vault URL and identity request the
@@ -23,6 +25,7 @@ package flexvolume
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -32,6 +35,7 @@ import (
 
 	"k8s.io/klog/v2"
 
+	"github.com/kvnode/kvnode/pkg/redact"
 	"github.com/kvnode/kvnode/pkg/volume"
 )
 
@@ -65,14 +69,6 @@ type Result struct {
 	Capabilities *Capabilities `json:"capabilities,omitempty"`
 }
 
-// ExitCode is the process exit status kubelet expects with the result.
-func (r Result) ExitCode() int {
-	if r.Status == StatusSuccess {
-		return 0
-	}
-	return 1
-}
-
 // Write prints the result as one line of JSON.
 func (r Result) Write(w io.Writer) error {
 	enc := json.NewEncoder(w)
@@ -104,7 +100,15 @@ func NewDriver(publisher Publisher) *Driver {
 
 // Run serves one call; args are the process arguments after the program
 // name (argv[1:]). It never writes to stdout: the caller prints the result.
+// The result's message holds none of the credentials the call carries.
 func (d *Driver) Run(ctx context.Context, args []string) Result {
+	scrub := argsScrubber(args)
+	res := d.run(klog.NewContext(ctx, redact.Logger(klog.FromContext(ctx), scrub)), args)
+	res.Message = scrub.String(res.Message)
+	return res
+}
+
+func (d *Driver) run(ctx context.Context, args []string) Result {
 	if len(args) == 0 {
 		return Failure("no call given: usage: kv init | kv mount <target dir> <JSON options> | kv unmount <target dir>")
 	}
@@ -124,6 +128,34 @@ func (d *Driver) Run(ctx context.Context, args []string) Result {
 		return d.unmount(ctx, rest[0])
 	}
 	return Result{Status: StatusNotSupported, Message: fmt.Sprintf("%q is not supported by the azure/kv driver", call)}
+}
+
+// argsScrubber knows the credentials in a call's arguments: the values
+// under kubernetes.io/secret/ (kubelet passes them base64-encoded; both forms
+// are scrubbed) and any option whose name or value looks like a credential.
+func argsScrubber(args []string) *redact.Scrubber {
+	var s redact.Scrubber
+	for _, arg := range args {
+		var opts map[string]any
+		if json.Unmarshal([]byte(arg), &opts) != nil {
+			continue
+		}
+		for k, v := range opts {
+			str, ok := v.(string)
+			if !ok {
+				continue
+			}
+			if strings.HasPrefix(k, secretPrefix) && !redact.IdentifierKey(k) {
+				s.Add(str)
+				if b, err := base64.StdEncoding.DecodeString(strings.Join(strings.Fields(str), "")); err == nil {
+					s.Add(string(b), strings.TrimRight(string(b), "\r\n"))
+				}
+				continue
+			}
+			s.AddMap(map[string]string{k: str})
+		}
+	}
+	return &s
 }
 
 func checkTarget(dir string) error {

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -143,6 +144,13 @@ func kubeletOptions(t *testing.T, pod flexPod, volume string, options, secret ma
 	return string(b)
 }
 
+// merged is base with edit's keys set over it.
+func merged(base, edit map[string]string) map[string]string {
+	out := maps.Clone(base)
+	maps.Copy(out, edit)
+	return out
+}
+
 // spSecretData is the data of the kvcreds Secret of the driver's documentation.
 var spSecretData = map[string]string{"clientid": flexSPClient, "clientsecret": flexSPSecret}
 
@@ -249,7 +257,7 @@ func TestFlexVolumeInitAndUnsupportedCalls(t *testing.T) {
 	} {
 		r := e.run(t, args...)
 		assert.Equal(t, "Not supported", r.Status, args[0])
-		assert.Equal(t, 1, r.exitCode, args[0])
+		assert.Equal(t, 0, r.exitCode, args[0], "exit 0 on every answered call: kubelet logs a failed exec's argv")
 	}
 }
 
@@ -383,16 +391,7 @@ func TestFlexVolumeFailures(t *testing.T) {
 	good := map[string]string{
 		"keyvaultname": flexVault, "keyvaultobjectnames": "secret1;key1", "keyvaultobjecttypes": "secret;key", "tenantid": flexTenant,
 	}
-	with := func(edit map[string]string) map[string]string {
-		out := map[string]string{}
-		for k, v := range good {
-			out[k] = v
-		}
-		for k, v := range edit {
-			out[k] = v
-		}
-		return out
-	}
+	with := func(edit map[string]string) map[string]string { return merged(good, edit) }
 	for _, tc := range []struct {
 		name   string
 		json   func(volume string) string
@@ -444,7 +443,7 @@ func TestFlexVolumeFailures(t *testing.T) {
 			r := e.run(t, "mount", dir, tc.json(volume))
 			t.Logf("result: %s", r.output)
 			assert.Equal(t, "Failure", r.Status)
-			assert.Equal(t, 1, r.exitCode)
+			assert.Equal(t, 0, r.exitCode, "exit 0 on every answered call: kubelet logs a failed exec's argv")
 			for _, want := range tc.expect {
 				assert.Contains(t, r.Message, want)
 			}
@@ -454,6 +453,65 @@ func TestFlexVolumeFailures(t *testing.T) {
 			require.NoError(t, err, "kubelet's directory stays")
 			assert.Empty(t, entries)
 			e.unmountTwice(t, dir)
+		})
+	}
+}
+
+// TestFlexVolumeKeepsCredentialsOut drives successful and failing mounts
+// through the driver as a wrapper installs it (kvdriver flexvolume
+// --log-file F -v N) at the default verbosity and at -v=10, with the argv
+// kubelet passes (the secretRef Secret's values base64-encoded in the JSON
+// options), and checks that no client secret, in either form, reaches the
+// result kubelet records or the log file, and that every call exits 0, so
+// that kubelet never logs the argv itself.
+func TestFlexVolumeKeepsCredentialsOut(t *testing.T) {
+	e := startFlexEnv(t)
+	const wrongSecret = "flexvolume-wrong-client-secret"
+	e.planted = append(e.planted, flexSPSecret, wrongSecret,
+		base64.StdEncoding.EncodeToString([]byte(flexSPSecret)), base64.StdEncoding.EncodeToString([]byte(wrongSecret)))
+	good := map[string]string{
+		"keyvaultname": flexVault, "keyvaultobjectnames": "secret1", "keyvaultobjecttypes": "secret", "tenantid": flexTenant,
+	}
+	for _, verbosity := range []string{"0", "10"} {
+		t.Run("v="+verbosity, func(t *testing.T) {
+			logFile := filepath.Join(t.TempDir(), "flexvolume.log")
+			call := func(args ...string) flexResult {
+				r := e.exec(t, testenv.Binary(t, "kvdriver"), append([]string{"flexvolume", "--log-file", logFile, "-v", verbosity}, args...)...)
+				assert.Equal(t, 0, r.exitCode, "%s: %s", args[0], r.output)
+				return r
+			}
+			bad := func(edit map[string]string) map[string]string { return merged(good, edit) }
+			for _, tc := range []struct {
+				name    string
+				options string
+				status  string
+			}{
+				{"success", kubeletOptions(t, nginxPod, "ok", good, spSecretData, -1), "Success"},
+				{"wrong secret", kubeletOptions(t, nginxPod, "wrong",
+					good, map[string]string{"clientid": flexSPClient, "clientsecret": wrongSecret}, -1), "Failure"},
+				{"unknown object", kubeletOptions(t, nginxPod, "unknown",
+					bad(map[string]string{"keyvaultobjectnames": "no-such-secret"}), spSecretData, -1), "Failure"},
+				{"bad option", kubeletOptions(t, nginxPod, "bad",
+					bad(map[string]string{"keyvaultobjecttypes": "password"}), spSecretData, -1), "Failure"},
+				{"secret in a misspelt option", kubeletOptions(t, nginxPod, "misspelt",
+					bad(map[string]string{"clientsecret": wrongSecret}), spSecretData, -1), "Failure"},
+				{"malformed JSON", `{"keyvaultname":"` + flexVault + `","kubernetes.io/secret/clientsecret":"` +
+					base64.StdEncoding.EncodeToString([]byte(flexSPSecret)) + `"`, "Failure"},
+			} {
+				dir := e.target(t, nginxPod, strings.ReplaceAll(tc.name, " ", "-")+"-v"+verbosity)
+				r := call("mount", dir, tc.options)
+				assert.Equal(t, tc.status, r.Status, "%s: %s", tc.name, r.Message)
+				call("unmount", dir)
+			}
+			call("init")
+			call("getvolumename", kubeletOptions(t, nginxPod, "x", good, spSecretData, -1))
+
+			b, err := os.ReadFile(logFile)
+			require.NoError(t, err)
+			require.NotEmpty(t, b, "the driver logs to --log-file")
+			for _, s := range e.planted {
+				assert.NotContains(t, string(b), s, "a credential reached the driver's log")
+			}
 		})
 	}
 }

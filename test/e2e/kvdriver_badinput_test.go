@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -208,7 +209,7 @@ func badInputCases() []badInput {
 			code:    codes.InvalidArgument,
 			message: []string{`service principal: nodePublishSecretRef must name a Secret with keys "clientid" and "clientsecret"; "clientsecret" missing`}},
 		{name: "workload identity without a token", params: wiParams,
-			edit:    func(r *csipb.NodePublishVolumeRequest) { r.Secrets = nil },
+			edit:    func(r *csipb.NodePublishVolumeRequest) { r.Secrets = nil; delete(r.VolumeContext, tokensAttr) },
 			code:    codes.InvalidArgument,
 			message: []string{"workload identity: no " + tokensAttr, "tokenRequests with audience api://AzureADTokenExchange"}},
 		{name: "workload identity token for another audience", params: wiParams,
@@ -252,15 +253,53 @@ func slug(name string) string {
 	return strings.Trim(regexp.MustCompile(`[^a-z0-9]+`).ReplaceAllString(strings.ToLower(name), "-"), "-")
 }
 
+// plantedToken is a service-account token kubelet would pass in the volume
+// context of every publish (the chart's CSIDriver asks for one): shaped like
+// a real one, recognisable, never to be printed.
+const plantedToken = "eyJhbGciOiJSUzI1NiIsImtpZCI6Imt2bm9kZS1wbGFudGVkIn0." +
+	"eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6YmFkLWlucHV0OmFwcCJ9.a3Zub2RlLXBsYW50ZWQtc2lnbmF0dXJl"
+
+// jwtShaped finds anything shaped like a JWT in a log or a message.
+var jwtShaped = regexp.MustCompile(`eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}\.`)
+
 // TestKVDriverBadInput publishes malformed classes and requests through the
 // real kvdriver, twice each, and checks that each gets the status a user
-// can act on and changes nothing: no mount, no files, no pod status.
+// can act on and changes nothing: no mount, no files, no pod status. It runs
+// at the default verbosity and at -v=10, with a service-account token in
+// every request's volume context and a service principal's secret in its
+// secrets, next to successful and refused workload-identity and
+// service-principal mounts, and checks that no token or secret reaches the
+// driver's log or any status message kubelet would record.
 func TestKVDriverBadInput(t *testing.T) {
-	e := startDriverEnv(t)
-	seedBadInput(t, e)
-	ctx := callCtx(t)
-	require.NoError(t, e.cp.EnsureNamespace(ctx, badInputNamespace))
+	for _, verbosity := range []string{"0", "10"} {
+		t.Run("v="+verbosity, func(t *testing.T) {
+			e := startDriverEnvArgs(t, "--object-cache-ttl", driverCacheTTL.String(), "-v", verbosity)
+			seedBadInput(t, e)
+			ctx := callCtx(t)
+			require.NoError(t, e.cp.EnsureNamespace(ctx, badInputNamespace))
+			messages := publishBadInputs(t, e)
+			messages = append(messages, publishWithCredentials(t, e)...)
 
+			logs := e.logs.String()
+			require.NotEmpty(t, logs)
+			texts := append([]string{logs}, messages...)
+			for _, secret := range append(e.planted, dbPassword1, spSecret, noAccessSecret, "not-"+spSecret, plantedToken) {
+				for _, text := range texts {
+					if i := strings.Index(text, secret); i >= 0 {
+						t.Fatalf("a credential reached the driver's log or a status message: ...%s...", text[max(0, i-200):i])
+					}
+				}
+			}
+			for _, text := range texts {
+				require.False(t, jwtShaped.MatchString(text), "a token-shaped string reached the driver's log or a status message: %q",
+					jwtShaped.FindString(text))
+			}
+		})
+	}
+}
+
+// publishBadInputs runs the table and returns every status message.
+func publishBadInputs(t *testing.T, e *driverEnv) []string {
 	cases := badInputCases()
 	pods := make([]*corev1.Pod, len(cases))
 	for i, tc := range cases {
@@ -273,10 +312,11 @@ func TestKVDriverBadInput(t *testing.T) {
 	}
 	e.waitForClasses(t, badInputNamespace)
 
+	var messages []string
 	for i, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			pod := pods[i]
-			req := e.publishRequest(pod, "secrets", pod.Name, spCredentials(spClientID, spSecret), "")
+			req := e.publishRequest(pod, "secrets", pod.Name, spCredentials(spClientID, spSecret), plantedToken)
 			target := req.TargetPath
 			if tc.edit != nil {
 				tc.edit(req)
@@ -296,6 +336,7 @@ func TestKVDriverBadInput(t *testing.T) {
 				if run == 0 {
 					t.Logf("%s: %s", st.Code(), st.Message())
 				}
+				messages = append(messages, st.Message())
 				assert.Equal(t, tc.code, st.Code(), "run %d: %s", run, st.Message())
 				for _, want := range tc.message {
 					assert.Contains(t, st.Message(), want, "run %d", run)
@@ -304,9 +345,57 @@ func TestKVDriverBadInput(t *testing.T) {
 			}
 		})
 	}
-	for _, secret := range []string{dbPassword1, spSecret, noAccessSecret, "not-" + spSecret} {
-		assert.NotContains(t, e.logs.String(), secret, "a secret reached the driver's logs")
+	return messages
+}
+
+// publishWithCredentials mounts with a service principal and with workload
+// identity (a real token from the API server), republishes, has a pod of
+// another ServiceAccount refused, and unpublishes; it records the tokens in
+// e.planted and returns the status messages.
+func publishWithCredentials(t *testing.T, e *driverEnv) []string {
+	ctx := callCtx(t)
+	jwks, err := e.cp.JWKS(ctx)
+	require.NoError(t, err)
+	require.NoError(t, e.emu.TrustIssuer(e.cp.Issuer, jwks))
+	wi, err := e.emu.AddApplication(emulator.Principal{TenantID: e2eTenant, ClientID: wiClientID, Federated: []emulator.FederatedCredential{
+		{Issuer: e.cp.Issuer, Subject: "system:serviceaccount:" + badInputNamespace + ":app"},
+	}})
+	require.NoError(t, err)
+	require.NoError(t, e.emu.Grant(badVault, wi.ObjectID))
+	e.createClassOf(t, badInputNamespace, "good-sp", "", badParams())
+	e.createClassOf(t, badInputNamespace, "good-wi", "", badParams("clientID", wiClientID))
+	e.waitForClasses(t, badInputNamespace)
+
+	token := func(pod *corev1.Pod) string {
+		st, err := e.cp.ServiceAccountToken(ctx, badInputNamespace, pod.Spec.ServiceAccountName,
+			[]string{emulator.DefaultFederatedAudience}, time.Hour, pod)
+		require.NoError(t, err)
+		e.planted = append(e.planted, st.Token)
+		return st.Token
 	}
+	var messages []string
+	for _, class := range []string{"good-sp", "good-wi"} {
+		pod := e.createPod(t, badInputNamespace, class+"-0", "app")
+		req := e.publishRequest(pod, "secrets", class, spCredentials(spClientID, spSecret), token(pod))
+		mkTargetParent(t, req.TargetPath)
+		for range 2 { // publish, then kubelet's republish
+			_, err := e.node.NodePublishVolume(ctx, req)
+			require.NoError(t, err, class)
+		}
+		b, _ := readFile(t, req.TargetPath, "db-password")
+		assert.Equal(t, dbPassword1, string(b))
+		_, err = e.node.NodeUnpublishVolume(ctx, &csipb.NodeUnpublishVolumeRequest{VolumeId: req.VolumeId, TargetPath: req.TargetPath})
+		require.NoError(t, err)
+	}
+	// A ServiceAccount without a federated credential: Entra ID refuses the
+	// exchange, and the refusal is reported without the assertion.
+	intruder := e.createPod(t, badInputNamespace, "intruder-0", "intruder")
+	req := e.publishRequest(intruder, "secrets", "good-wi", nil, token(intruder))
+	mkTargetParent(t, req.TargetPath)
+	_, err = e.node.NodePublishVolume(ctx, req)
+	requireCode(t, err, "PermissionDenied", "AADSTS700213")
+	messages = append(messages, status.Convert(err).Message())
+	return messages
 }
 
 // createClassOf stores a SecretProviderClass of provider (default azure).
@@ -333,7 +422,8 @@ func (e *driverEnv) createClassOf(t *testing.T, namespace, name, provider string
 // informer sees a namespace's objects in creation order).
 func (e *driverEnv) waitForClasses(t *testing.T, namespace string) {
 	t.Helper()
-	const name = "informer-sentinel"
+	e.sentinels++
+	name := fmt.Sprintf("informer-sentinel-%d", e.sentinels)
 	e.createClassOf(t, namespace, name, "", map[string]string{})
 	pod := e.createPod(t, namespace, name, "app")
 	req := e.publishRequest(pod, "secrets", name, nil, "")

@@ -65,6 +65,11 @@ type driverEnv struct {
 	kubelet string
 	// socket is the CSI endpoint kvdriver serves, unix://<path>.
 	socket string
+	// planted are credentials a test handed kvdriver that must never be
+	// printed.
+	planted []string
+	// sentinels counts waitForClasses' sentinel classes.
+	sentinels int
 }
 
 func startDriverEnv(t testing.TB) *driverEnv {
