@@ -32,6 +32,8 @@ type FlexVolumeConfig struct {
 	Timeout   time.Duration
 	// NMIEndpoint is nmi's node-local /host/token/ base URL (usepodidentity).
 	NMIEndpoint string
+	// StrictParameters refuses what the upstream provider tolerates.
+	StrictParameters bool
 }
 
 // flexVolumeArgs returns the FlexVolume call's arguments (flags, then the
@@ -83,8 +85,9 @@ func flexVolumeCall(args []string) flexvolume.Result {
 	fs.StringVar(&cfg.TmpfsSize, "tmpfs-size", "32m", "size limit of the volume's tmpfs")
 	fs.DurationVar(&cfg.Timeout, "timeout", 2*time.Minute, "time limit of one call")
 	fs.StringVar(&cfg.NMIEndpoint, "nmi-endpoint", identity.DefaultNMIEndpoint, "nmi's node-local endpoint for usepodidentity mounts")
+	fs.BoolVar(&cfg.StrictParameters, "strict-parameters", false, "refuse the mistakes in the options that the upstream Azure provider tolerates (they are logged otherwise)")
 	if err := fs.Parse(args); err != nil {
-		return flexvolume.Failure("kvdriver flexvolume: %v; usage: [--log-file FILE] [-v N] [--tmpfs-size SIZE] [--timeout DURATION] init | mount <target dir> <JSON options> | unmount <target dir>", err)
+		return flexvolume.Failure("kvdriver flexvolume: %v; usage: [--log-file FILE] [-v N] [--tmpfs-size SIZE] [--timeout DURATION] [--strict-parameters] init | mount <target dir> <JSON options> | unmount <target dir>", err)
 	}
 	if cfg.Timeout <= 0 {
 		return flexvolume.Failure("kvdriver flexvolume: --timeout must be positive")
@@ -100,7 +103,7 @@ func flexVolumeCall(args []string) flexvolume.Result {
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	// The process serves one call: an object cache could never be shared.
-	driver := flexvolume.NewDriver(newPublisher(cfg.TmpfsSize, 0, cfg.NMIEndpoint))
+	driver := flexvolume.NewDriver(newPublisher(cfg.TmpfsSize, 0, cfg.NMIEndpoint), flexvolume.Options{StrictParameters: cfg.StrictParameters})
 	return driver.Run(klog.NewContext(ctx, logger), fs.Args())
 }
 

@@ -20,6 +20,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
@@ -44,6 +45,9 @@ type Config struct {
 	NMIEndpoint string
 	KubeQPS     float64
 	KubeBurst   int
+	// StrictParameters refuses the SecretProviderClass mistakes the
+	// upstream provider tolerates.
+	StrictParameters bool
 }
 
 func main() {
@@ -78,6 +82,8 @@ func run(args []string) error {
 	fs.StringVar(&cfg.NMIEndpoint, "nmi-endpoint", identity.DefaultNMIEndpoint, "nmi's node-local endpoint for usePodIdentity mounts")
 	fs.Float64Var(&cfg.KubeQPS, "kube-api-qps", 50, "queries per second to the API server (pod status writes: one per new mount or rotation)")
 	fs.IntVar(&cfg.KubeBurst, "kube-api-burst", 100, "burst of queries to the API server")
+	fs.BoolVar(&cfg.StrictParameters, "strict-parameters", false,
+		"refuse (InvalidArgument) the SecretProviderClass mistakes the upstream Azure provider tolerates; by default they are mounted as upstream mounts them, with a Warning event on the pod")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	klog.InitFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -107,9 +113,17 @@ func run(args []string) error {
 		return err
 	}
 
+	kube, err := kubernetes.NewForConfig(restCfg)
+	if err != nil {
+		return err
+	}
+	events := csi.NewPodEvents(kube, "kvdriver", cfg.NodeID)
+	defer events.Shutdown()
+
 	classes := csi.NewClassInformer(dyn, cfg.Resync)
 	statuses := csi.NewStatusRecorder(csi.NewPodStatusWriter(dyn), 100*time.Millisecond)
-	node := csi.NewNodeServer(cfg.NodeID, classes, newPublisher(cfg.TmpfsSize, cfg.CacheTTL, cfg.NMIEndpoint), statuses)
+	node := csi.NewNodeServer(cfg.NodeID, classes, newPublisher(cfg.TmpfsSize, cfg.CacheTTL, cfg.NMIEndpoint), statuses,
+		csi.NodeServerOptions{StrictParameters: cfg.StrictParameters, Events: events})
 	ids := csi.NewIdentityServer(cfg.DriverName, version.Version, classes.HasSynced)
 	srv, err := csi.Listen(cfg.Endpoint, ids, node)
 	if err != nil {

@@ -4,7 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"maps"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -59,6 +62,35 @@ type StatusSink interface {
 	Record(st *spc.SecretProviderClassPodStatus)
 }
 
+// EventSink records events on the pods kvdriver mounts for (PodEvents).
+type EventSink interface {
+	PodWarning(pod PodRef, reason, message string)
+}
+
+// PodRef names a pod.
+type PodRef struct {
+	Namespace, Name string
+	UID             types.UID
+}
+
+// Event reasons.
+const (
+	// ReasonParameterWarning: the class holds a mistake the upstream
+	// provider tolerates; the volume is mounted as upstream mounts it.
+	ReasonParameterWarning = "SecretProviderClassWarning"
+)
+
+// NodeServerOptions tune a NodeServer.
+type NodeServerOptions struct {
+	// StrictParameters refuses, with InvalidArgument, the mistakes in a
+	// SecretProviderClass that the upstream provider tolerates; by default
+	// they are mounted as upstream mounts them, with a Warning event on the
+	// pod and a log line.
+	StrictParameters bool
+	// Events records events on pods; nil records none.
+	Events EventSink
+}
+
 // NodeServer is the CSI Node service.
 type NodeServer struct {
 	csipb.UnimplementedNodeServer
@@ -66,16 +98,22 @@ type NodeServer struct {
 	classes   ClassGetter
 	publisher Publisher
 	statuses  StatusSink
+	opts      NodeServerOptions
 
 	mu       sync.Mutex
 	inFlight map[string]struct{}
+	// warned is, per target path, the class version whose warnings the
+	// pod was last told about: kubelet republishes every minute, and the
+	// pod needs telling once per class change, not once a minute.
+	warned map[string]string
 }
 
 var _ csipb.NodeServer = (*NodeServer)(nil)
 
 // NewNodeServer returns the Node service of node nodeID.
-func NewNodeServer(nodeID string, classes ClassGetter, publisher Publisher, statuses StatusSink) *NodeServer {
-	return &NodeServer{nodeID: nodeID, classes: classes, publisher: publisher, statuses: statuses, inFlight: map[string]struct{}{}}
+func NewNodeServer(nodeID string, classes ClassGetter, publisher Publisher, statuses StatusSink, opts NodeServerOptions) *NodeServer {
+	return &NodeServer{nodeID: nodeID, classes: classes, publisher: publisher, statuses: statuses, opts: opts,
+		inFlight: map[string]struct{}{}, warned: map[string]string{}}
 }
 
 // NodeGetInfo returns the node ID.
@@ -120,9 +158,15 @@ func (s *NodeServer) NodePublishVolume(ctx context.Context, req *csipb.NodePubli
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "SecretProviderClass %s/%s: %v", pod.namespace, className, err)
 	}
-	idReq, err := identityRequest(cfg, pod, req)
+	idReq, idWarnings, err := identityRequest(cfg, pod, req)
 	if err != nil {
 		return nil, err
+	}
+	warnings := append(cfg.Warnings, idWarnings...)
+	if s.opts.StrictParameters && len(warnings) > 0 {
+		return nil, status.Errorf(codes.InvalidArgument,
+			"SecretProviderClass %s/%s: refused by --strict-parameters (the upstream provider would mount it): %s",
+			pod.namespace, className, spc.Warnings(warnings))
 	}
 
 	res, err := s.publisher.Publish(ctx, volume.Request{
@@ -135,6 +179,7 @@ func (s *NodeServer) NodePublishVolume(ctx context.Context, req *csipb.NodePubli
 		return nil, publishError(err)
 	}
 	logger := klog.FromContext(ctx).WithValues("pod", klog.KRef(pod.namespace, pod.name), "class", className)
+	s.warn(logger, req.GetTargetPath(), pod, class, warnings)
 	if res.Mounted || res.Changed {
 		s.statuses.Record(podStatus(s.nodeID, pod, className, req.GetTargetPath(), res.Versions))
 		logger.Info("published", "objects", len(cfg.Objects), "files", len(res.Versions), "mounted", res.Mounted, "rotated", !res.Mounted)
@@ -159,8 +204,30 @@ func (s *NodeServer) NodeUnpublishVolume(ctx context.Context, req *csipb.NodeUnp
 	if err := s.publisher.Unpublish(req.GetTargetPath()); err != nil {
 		return nil, status.Errorf(codes.Internal, "%v", err)
 	}
+	s.mu.Lock()
+	delete(s.warned, req.GetTargetPath())
+	s.mu.Unlock()
 	klog.FromContext(ctx).V(2).Info("unpublished", "target", req.GetTargetPath())
 	return &csipb.NodeUnpublishVolumeResponse{}, nil
+}
+
+// warn tells the pod, once per class version, about the mistakes in its
+// class that were tolerated: a Warning event and a log line.
+func (s *NodeServer) warn(logger klog.Logger, target string, pod podInfo, class *spc.SecretProviderClass, warnings []*spc.FieldError) {
+	version := string(class.UID) + "/" + class.ResourceVersion
+	s.mu.Lock()
+	seen := s.warned[target] == version
+	s.warned[target] = version
+	s.mu.Unlock()
+	if seen || len(warnings) == 0 {
+		return
+	}
+	msg := fmt.Sprintf("SecretProviderClass %s/%s: mounted as the upstream Azure provider mounts it, but: %s (--strict-parameters refuses this)",
+		class.Namespace, class.Name, spc.Warnings(warnings))
+	logger.Info("Tolerated mistakes in the SecretProviderClass", "warnings", spc.Warnings(warnings))
+	if s.opts.Events != nil {
+		s.opts.Events.PodWarning(PodRef{Namespace: pod.namespace, Name: pod.name, UID: types.UID(pod.uid)}, ReasonParameterWarning, msg)
+	}
 }
 
 // lock admits one operation per target path at a time; a second one gets
@@ -214,14 +281,27 @@ func podFromContext(vc map[string]string) (podInfo, error) {
 }
 
 // identityRequest turns the class's auth mode and the request's secrets into
-// a credential request.
-func identityRequest(cfg *spc.Config, pod podInfo, req *csipb.NodePublishVolumeRequest) (identity.Request, error) {
+// a credential request, choosing as the upstream provider chooses; a
+// choice upstream makes silently comes back as a warning.
+func identityRequest(cfg *spc.Config, pod podInfo, req *csipb.NodePublishVolumeRequest) (identity.Request, []*spc.FieldError, error) {
 	r := identity.Request{AuthorityHost: cfg.Cloud.ActiveDirectoryEndpoint, TenantID: cfg.TenantID}
-	switch cfg.AuthMode() {
+	var warnings []*spc.FieldError
+	mode := cfg.AuthMode()
+	if mode == spc.WorkloadIdentity {
+		if _, err := serviceAccountToken(req, workloadIdentityAudience); err != nil && hasServicePrincipal(req.GetSecrets()) {
+			// Upstream uses workload identity only when kubelet passed a
+			// token, and the nodePublishSecretRef's service principal
+			// otherwise.
+			mode = spc.ServicePrincipal
+			warnings = append(warnings, &spc.FieldError{Field: spc.ParamClientID, Detail: fmt.Sprintf(
+				"is ignored: kubelet passed no service-account token for %s (the CSIDriver object needs tokenRequests), so the nodePublishSecretRef's service principal is used, as the upstream provider uses it",
+				workloadIdentityAudience)})
+		}
+	}
+	switch mode {
 	case spc.ServicePrincipal:
 		r.Mode = identity.ServicePrincipal
-		r.ClientID = req.GetSecrets()[secretClientID]
-		r.ClientSecret = req.GetSecrets()[secretClientSecret]
+		r.ClientID, r.ClientSecret = servicePrincipal(req.GetSecrets())
 		var missing []string
 		if r.ClientID == "" {
 			missing = append(missing, strconv.Quote(secretClientID))
@@ -230,7 +310,7 @@ func identityRequest(cfg *spc.Config, pod podInfo, req *csipb.NodePublishVolumeR
 			missing = append(missing, strconv.Quote(secretClientSecret))
 		}
 		if len(missing) > 0 {
-			return r, status.Errorf(codes.InvalidArgument,
+			return r, nil, status.Errorf(codes.InvalidArgument,
 				"service principal: nodePublishSecretRef must name a Secret with keys %q and %q; %s missing (or set clientID for workload identity, or useVMManagedIdentity)",
 				secretClientID, secretClientSecret, strings.Join(missing, " and "))
 		}
@@ -238,11 +318,15 @@ func identityRequest(cfg *spc.Config, pod podInfo, req *csipb.NodePublishVolumeR
 		r.Mode = identity.WorkloadIdentity
 		r.ClientID = cfg.ClientID
 		r.Namespace, r.ServiceAccount = pod.namespace, pod.serviceAccount
-		tok, err := serviceAccountToken(req)
+		tok, err := serviceAccountToken(req, workloadIdentityAudience)
 		if err != nil {
-			return r, err
+			return r, nil, err
 		}
 		r.ServiceAccountToken = tok
+	case spc.IdentityBinding:
+		return r, nil, status.Errorf(codes.InvalidArgument,
+			"%s: AKS identity binding is not supported by this kvdriver; use workload identity (clientID without %s)",
+			spc.ParamUseAzureTokenProxy, spc.ParamUseAzureTokenProxy)
 	case spc.VMManagedIdentity:
 		r.Mode = identity.VMManagedIdentity
 		r.ManagedIdentityID = cfg.UserAssignedIdentityID
@@ -250,20 +334,40 @@ func identityRequest(cfg *spc.Config, pod podInfo, req *csipb.NodePublishVolumeR
 		r.Mode = identity.PodIdentity
 		r.Namespace, r.PodName = pod.namespace, pod.name
 	}
-	return r, nil
+	return r, warnings, nil
+}
+
+// servicePrincipal reads the client ID and secret from a
+// nodePublishSecretRef Secret, its keys in any case (clientid, clientId,
+// ClientSecret...), as upstream reads them.
+func servicePrincipal(secrets map[string]string) (clientID, clientSecret string) {
+	for _, k := range slices.Sorted(maps.Keys(secrets)) {
+		switch strings.ToLower(k) {
+		case secretClientID:
+			clientID = secrets[k]
+		case secretClientSecret:
+			clientSecret = secrets[k]
+		}
+	}
+	return clientID, clientSecret
+}
+
+func hasServicePrincipal(secrets map[string]string) bool {
+	id, secret := servicePrincipal(secrets)
+	return id != "" && secret != ""
 }
 
 // serviceAccountToken returns the pod's token for api://AzureADTokenExchange
 // from the volume context or, on Kubernetes 1.35+ with
 // serviceAccountTokenInSecrets, from the request's secrets.
-func serviceAccountToken(req *csipb.NodePublishVolumeRequest) (string, error) {
+func serviceAccountToken(req *csipb.NodePublishVolumeRequest, audience string) (string, error) {
 	raw := req.GetSecrets()[attrServiceAccountToken]
 	if raw == "" {
 		raw = req.GetVolumeContext()[attrServiceAccountToken]
 	}
 	if raw == "" {
 		return "", status.Errorf(codes.InvalidArgument,
-			"workload identity: no %s: the CSIDriver object needs tokenRequests with audience %s", attrServiceAccountToken, workloadIdentityAudience)
+			"workload identity: no %s: the CSIDriver object needs tokenRequests with audience %s", attrServiceAccountToken, audience)
 	}
 	var tokens map[string]struct {
 		Token string `json:"token"`
@@ -271,10 +375,10 @@ func serviceAccountToken(req *csipb.NodePublishVolumeRequest) (string, error) {
 	if err := json.Unmarshal([]byte(raw), &tokens); err != nil {
 		return "", status.Errorf(codes.InvalidArgument, "workload identity: %s is not valid JSON", attrServiceAccountToken)
 	}
-	t := tokens[workloadIdentityAudience].Token
+	t := tokens[audience].Token
 	if t == "" {
 		return "", status.Errorf(codes.InvalidArgument,
-			"workload identity: %s has no token for audience %s", attrServiceAccountToken, workloadIdentityAudience)
+			"workload identity: %s has no token for audience %s", attrServiceAccountToken, audience)
 	}
 	return t, nil
 }

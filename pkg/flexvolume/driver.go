@@ -88,14 +88,23 @@ type Publisher interface {
 	Unpublish(target string) error
 }
 
+// Options tune a Driver.
+type Options struct {
+	// StrictParameters refuses the mistakes in the options that the
+	// upstream Azure provider tolerates in the same objects; otherwise they
+	// are logged and the mount goes ahead.
+	StrictParameters bool
+}
+
 // Driver serves FlexVolume calls.
 type Driver struct {
 	publisher Publisher
+	opts      Options
 }
 
 // NewDriver returns a driver that publishes through publisher.
-func NewDriver(publisher Publisher) *Driver {
-	return &Driver{publisher: publisher}
+func NewDriver(publisher Publisher, opts Options) *Driver {
+	return &Driver{publisher: publisher, opts: opts}
 }
 
 // Run serves one call; args are the process arguments after the program
@@ -176,10 +185,13 @@ func (d *Driver) mount(ctx context.Context, dir, rawOptions string) Result {
 	if err := checkTarget(dir); err != nil {
 		return Failure("mount: %v", err)
 	}
-	vol, err := ParseOptions(rawOptions)
+	vol, err := ParseOptions(rawOptions, d.opts.StrictParameters)
 	if err != nil {
 		logger.Info("refused", "err", err)
 		return Failure("mount %s: %v", dir, err)
+	}
+	for _, w := range vol.Warnings {
+		logger.Info("Tolerated a mistake in the options", "option", w.Option, "problem", w.Detail)
 	}
 	logger = logger.WithValues("pod", klog.KRef(vol.Pod.Namespace, vol.Pod.Name), "vault", vol.VaultURL, "auth", vol.Identity.Mode)
 	res, err := d.publisher.Publish(ctx, volume.Request{

@@ -48,13 +48,13 @@ func output(t *testing.T, r Result) string {
 
 func TestInit(t *testing.T) {
 	pub := &recordingPublisher{}
-	r := NewDriver(pub).Run(context.Background(), []string{"init"})
+	r := NewDriver(pub, Options{}).Run(context.Background(), []string{"init"})
 	assert.Equal(t, `{"status":"Success","capabilities":{"attach":false}}`+"\n", output(t, r))
 }
 
 func TestCallsNotSupported(t *testing.T) {
 	pub := &recordingPublisher{}
-	d := NewDriver(pub)
+	d := NewDriver(pub, Options{})
 	for _, args := range [][]string{
 		{"attach", "{}", "node-1"},
 		{"detach", "dev", "node-1"},
@@ -88,7 +88,7 @@ func TestBadArguments(t *testing.T) {
 		{[]string{"unmount", ""}, "target dir is empty"},
 	} {
 		pub := &recordingPublisher{}
-		r := NewDriver(pub).Run(context.Background(), tc.args)
+		r := NewDriver(pub, Options{}).Run(context.Background(), tc.args)
 		assert.Equal(t, StatusFailure, r.Status, "%q", tc.args)
 		assert.Contains(t, r.Message, tc.want)
 		assert.Empty(t, pub.published)
@@ -99,7 +99,7 @@ func TestBadArguments(t *testing.T) {
 func TestMountPublishes(t *testing.T) {
 	pub := &recordingPublisher{}
 	dir := "/var/lib/kubelet/pods/u/volumes/azure~kv/test"
-	r := NewDriver(pub).Run(context.Background(), []string{"mount", dir,
+	r := NewDriver(pub, Options{}).Run(context.Background(), []string{"mount", dir,
 		kubeletJSON(t, map[string]string{"kubernetes.io/mounterArgs.FsGroup": "2000"})})
 	assert.Equal(t, `{"status":"Success"}`+"\n", output(t, r))
 	require.Len(t, pub.published, 1)
@@ -115,7 +115,7 @@ func TestMountPublishes(t *testing.T) {
 
 func TestMountRefusesBadOptions(t *testing.T) {
 	pub := &recordingPublisher{}
-	r := NewDriver(pub).Run(context.Background(), []string{"mount", "/mnt/x",
+	r := NewDriver(pub, Options{}).Run(context.Background(), []string{"mount", "/mnt/x",
 		kubeletJSON(t, map[string]string{"keyvaultobjecttypes": "secret;password"})})
 	assert.Equal(t, StatusFailure, r.Status)
 	assert.Contains(t, r.Message, `mount /mnt/x: invalid azure/kv options: keyvaultobjecttypes[1]: "password" is not one of secret, key, cert`)
@@ -125,7 +125,7 @@ func TestMountRefusesBadOptions(t *testing.T) {
 func TestMountReportsPublishFailure(t *testing.T) {
 	pub := &recordingPublisher{err: &keyvault.Error{Kind: keyvault.KindNotFound, Op: "fetch", Type: keyvault.TypeSecret,
 		Vault: "testkeyvault", Object: "secret1", Err: errors.New("Key Vault answered 404 (SecretNotFound)")}}
-	r := NewDriver(pub).Run(context.Background(), []string{"mount", "/mnt/x", kubeletJSON(t, nil)})
+	r := NewDriver(pub, Options{}).Run(context.Background(), []string{"mount", "/mnt/x", kubeletJSON(t, nil)})
 	assert.Equal(t, StatusFailure, r.Status)
 	assert.Equal(t, "mount /mnt/x: fetch secret testkeyvault/secret1: Key Vault answered 404 (SecretNotFound)", r.Message)
 }
@@ -139,18 +139,18 @@ func (f fetcherFunc) Fetch(ctx context.Context, req keyvault.Request) (*keyvault
 
 func TestFailureIsOneLine(t *testing.T) {
 	pub := &recordingPublisher{err: errors.New("authentication failed.\nPOST https://login.example/token\n----\nRESPONSE 401")}
-	r := NewDriver(pub).Run(context.Background(), []string{"mount", "/mnt/x", kubeletJSON(t, nil)})
+	r := NewDriver(pub, Options{}).Run(context.Background(), []string{"mount", "/mnt/x", kubeletJSON(t, nil)})
 	assert.Equal(t, "mount /mnt/x: authentication failed. POST https://login.example/token ---- RESPONSE 401", r.Message)
 }
 
 func TestUnmount(t *testing.T) {
 	pub := &recordingPublisher{}
-	r := NewDriver(pub).Run(context.Background(), []string{"unmount", "/mnt/x"})
+	r := NewDriver(pub, Options{}).Run(context.Background(), []string{"unmount", "/mnt/x"})
 	assert.Equal(t, `{"status":"Success"}`+"\n", output(t, r))
 	assert.Equal(t, []string{"/mnt/x"}, pub.unpublished)
 
 	pub.err = errors.New("device busy")
-	r = NewDriver(pub).Run(context.Background(), []string{"unmount", "/mnt/x"})
+	r = NewDriver(pub, Options{}).Run(context.Background(), []string{"unmount", "/mnt/x"})
 	assert.Equal(t, StatusFailure, r.Status)
 	assert.Equal(t, "unmount /mnt/x: device busy", r.Message)
 }
@@ -162,7 +162,7 @@ func TestUnmountRealPublisher(t *testing.T) {
 	require.NoError(t, os.Mkdir(target, 0o750))
 	mounter := mount.NewFakeMounter([]mount.MountPoint{{Device: "tmpfs", Path: target, Type: "tmpfs"}})
 	pub := volume.NewPublisher(mounter, fetcherFunc(nil), identity.NewCredentials(identity.Options{}), volume.Options{})
-	d := NewDriver(pub)
+	d := NewDriver(pub, Options{})
 	for i := range 2 {
 		r := d.Run(context.Background(), []string{"unmount", target})
 		assert.Equal(t, StatusSuccess, r.Status, "call %d: %s", i, r.Message)

@@ -5,12 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"regexp"
 	"sort"
 	"strconv"
 	"strings"
-
-	"go.yaml.in/yaml/v3"
 
 	"github.com/kvnode/kvnode/pkg/atomicwriter"
 	"github.com/kvnode/kvnode/pkg/identity"
@@ -102,6 +99,8 @@ type Volume struct {
 	Pod      Pod
 	// Owner gives the files to the pod's fsGroup, when kubelet passes one.
 	Owner *atomicwriter.Owner
+	// Warnings are tolerated mistakes in the options, for the log.
+	Warnings []Problem
 }
 
 // Problem is one thing wrong with one option.
@@ -125,24 +124,34 @@ func (e *OptionsError) Error() string {
 	return "invalid azure/kv options: " + strings.Join(msgs, "; ")
 }
 
-type problems []Problem
+// problems collects what ParseOptions finds: errors refuse the call,
+// warnings are mistakes it tolerates (the mount goes ahead as the upstream
+// Azure provider would mount the same objects).
+type problems struct {
+	errors, warnings []Problem
+}
 
 func (p *problems) add(option, detail string) {
-	*p = append(*p, Problem{Option: option, Detail: detail})
+	p.errors = append(p.errors, Problem{Option: option, Detail: detail})
+}
+
+func (p *problems) warn(option, detail string) {
+	p.warnings = append(p.warnings, Problem{Option: option, Detail: detail})
 }
 
 // ParseOptions reads the JSON options argument of a mount call, as kubelet
 // passes it: the pod's flexVolume.options, the secretRef Secret's keys under
 // kubernetes.io/secret/ (values base64-encoded), and kubelet's own
 // kubernetes.io/ keys. On failure it returns an *OptionsError listing every
-// problem, naming each option; secret values never appear in it.
+// problem, naming each option; secret values never appear in it. Mistakes
+// the upstream Azure provider tolerates in the same objects are listed in
+// Volume.Warnings, or with strict refuse the call too.
 //
-// The vault name, tenant and objects are checked by the SecretProviderClass
-// parser (package spc), so both front doors accept the same names, versions
-// and file names: the FlexVolume lists are turned into the objects parameter
-// of a SecretProviderClass and spc's field names are mapped back to the
-// FlexVolume options.
-func ParseOptions(raw string) (*Volume, error) {
+// The vault name and tenant are checked as the SecretProviderClass parser
+// checks them (package spc), and the objects by the rules every front door
+// shares (keyvault.ParseObjects), so both front doors accept the same
+// names, versions and file names.
+func ParseOptions(raw string, strict bool) (*Volume, error) {
 	opts, err := decodeOptions(raw)
 	if err != nil {
 		return nil, err
@@ -162,23 +171,23 @@ func ParseOptions(raw string) (*Volume, error) {
 
 	cloud := parseCloud(get(optCloudName), &p)
 	lists := readLists(opts, &p)
-	cfg := checkWithSPC(get(optKeyVaultName), get(optTenantID), lists, &p)
-	if cfg != nil && cloud != nil {
-		v.VaultURL = cloud.VaultURL(cfg.KeyVaultName)
-		v.Objects = cfg.Objects
-	}
-	v.Identity = parseIdentity(opts, v.Pod, &p)
-	if cfg != nil {
-		v.Identity.TenantID = cfg.TenantID
+	checkVault(get(optKeyVaultName), get(optTenantID), &p)
+	if lists.aligned() {
+		v.Objects = checkObjects(lists, &p)
 	}
 	if cloud != nil {
+		v.VaultURL = cloud.VaultURL(get(optKeyVaultName))
 		v.Identity.AuthorityHost = cloud.ActiveDirectoryEndpoint
 	}
+	id := parseIdentity(opts, v.Pod, &p)
+	id.TenantID, id.AuthorityHost = get(optTenantID), v.Identity.AuthorityHost
+	v.Identity = id
 	v.Owner = parseFSGroup(opts, &p)
 
-	if len(p) > 0 {
-		return nil, &OptionsError{Problems: p}
+	if len(p.errors) > 0 || strict && len(p.warnings) > 0 {
+		return nil, &OptionsError{Problems: append(p.errors, p.warnings...)}
 	}
+	v.Warnings = p.warnings
 	return v, nil
 }
 
@@ -210,9 +219,9 @@ func decodeOptions(raw string) (map[string]string, error) {
 		}
 		opts[k] = s
 	}
-	if len(p) > 0 {
-		sort.Slice(p, func(i, j int) bool { return p[i].Option < p[j].Option })
-		return nil, &OptionsError{Problems: p}
+	if len(p.errors) > 0 {
+		sort.Slice(p.errors, func(i, j int) bool { return p.errors[i].Option < p.errors[j].Option })
+		return nil, &OptionsError{Problems: p.errors}
 	}
 	return opts, nil
 }
@@ -357,123 +366,56 @@ func readList(opts map[string]string, plural, singular string, p *problems) (obj
 	return objectList{option: plural, values: values}, true
 }
 
-// spcFieldRE matches spc's names for an object's fields: objects[2].objectType.
-var spcFieldRE = regexp.MustCompile(`^objects\[(\d+)\]\.(\w+)$`)
-
-// spcObjectRefRE matches an object named in an spc message: "objects[0]".
-var spcObjectRefRE = regexp.MustCompile(`objects\[(\d+)\]`)
-
-// checkWithSPC validates the vault name, the tenant and the objects with
-// the SecretProviderClass parser and returns its config, or nil when
-// something is wrong (the problems are added to p, named as FlexVolume
-// options). When the lists do not line up (already reported), the vault
-// and tenant are still checked, with one stand-in object.
-func checkWithSPC(vault, tenant string, l lists, p *problems) *spc.Config {
-	aligned := l.aligned()
-	objects := l
-	if !aligned {
-		objects = lists{names: objectList{values: []string{"stand-in"}}, types: objectList{values: []string{string(keyvault.TypeSecret)}}}
-	}
-	param, err := objectsParameter(objects)
-	if err != nil {
-		p.add(optObjectNames, "cannot be encoded for validation: "+err.Error())
-		return nil
-	}
-	cfg, err := spc.Parse(map[string]string{
-		spc.ParamKeyVaultName:   vault,
-		spc.ParamTenantIDLegacy: tenant,
-		spc.ParamObjects:        param,
-	})
-	if err == nil {
-		if !aligned {
-			return nil
+// checkVault checks the vault name and the tenant as the SecretProviderClass
+// parser does, so both front doors accept the same ones.
+func checkVault(vault, tenant string, p *problems) {
+	if detail, tolerated := spc.VaultNameProblem(vault); detail != "" {
+		if tolerated {
+			p.warn(optKeyVaultName, detail)
+		} else {
+			p.add(optKeyVaultName, detail)
 		}
-		return cfg
 	}
-	var verr *spc.ValidationError
-	if !errors.As(err, &verr) {
-		p.add(optObjectNames, err.Error())
-		return nil
+	switch {
+	case tenant == "":
+		p.add(optTenantID, "must be set")
+	case !spc.IsTenantID(tenant):
+		p.add(optTenantID, fmt.Sprintf("%q must be a tenant ID (GUID) or a domain name", tenant))
 	}
-	for _, fe := range verr.Errors {
-		option := flexOption(fe.Field, l)
-		if option == "" || !aligned && option != optKeyVaultName && option != optTenantID {
-			// Unmapped (cannot happen with the parameters built here), or
-			// about the stand-in object.
-			if aligned {
-				p.add(optObjectNames, fe.Error())
-			}
-			continue
-		}
-		detail := fe.Detail
-		if option == optTenantID && tenant == "" {
-			detail = "must be set"
-		}
-		detail = spcObjectRefRE.ReplaceAllStringFunc(detail, func(ref string) string {
-			i, _ := strconv.Atoi(spcObjectRefRE.FindStringSubmatch(ref)[1])
-			return l.names.field(i)
-		})
-		p.add(option, detail)
-	}
-	return nil
 }
 
-// flexOption maps an spc field name to the FlexVolume option it came
-// from, "" if none.
-func flexOption(field string, l lists) string {
-	switch field {
-	case spc.ParamKeyVaultName:
-		return optKeyVaultName
-	case spc.ParamTenantIDLegacy, spc.ParamTenantID:
-		return optTenantID
-	}
-	m := spcFieldRE.FindStringSubmatch(field)
-	if m == nil {
-		return ""
-	}
-	i, _ := strconv.Atoi(m[1])
-	switch m[2] {
-	case "objectName":
-		return l.names.field(i)
-	case "objectType":
-		return l.types.field(i)
-	case "objectVersion":
-		return l.versions.field(i)
-	case "objectAlias":
-		return l.aliases.field(i)
-	}
-	return ""
-}
-
-// objectsParameter writes the lists as a SecretProviderClass objects
-// parameter. Every value is encoded by the YAML library spc parses with, so
-// any text (quotes, colons, newlines) reaches spc's checks unchanged.
-func objectsParameter(l lists) (string, error) {
-	type entry struct {
-		ObjectName    string `yaml:"objectName"`
-		ObjectType    string `yaml:"objectType,omitempty"`
-		ObjectVersion string `yaml:"objectVersion,omitempty"`
-		ObjectAlias   string `yaml:"objectAlias,omitempty"`
-	}
-	at := func(values []string, i int) string {
-		if i < len(values) {
-			return values[i]
+// checkObjects turns the lists into objects with the rules every front
+// door shares (keyvault.ParseObjects), naming each problem by the option
+// and entry it came from. The lists must be aligned.
+func checkObjects(l lists, p *problems) []keyvault.Object {
+	at := func(o objectList, i int) string {
+		if i < len(o.values) {
+			return o.values[i]
 		}
 		return ""
 	}
-	var array []string
-	for i, name := range l.names.values {
-		b, err := yaml.Marshal(entry{
-			ObjectName: name, ObjectType: at(l.types.values, i),
-			ObjectVersion: at(l.versions.values, i), ObjectAlias: at(l.aliases.values, i),
-		})
-		if err != nil {
-			return "", err
-		}
-		array = append(array, string(b))
+	specs := make([]keyvault.ObjectSpec, len(l.names.values))
+	for i := range specs {
+		specs[i] = keyvault.ObjectSpec{Name: at(l.names, i), Type: at(l.types, i), Version: at(l.versions, i), Alias: at(l.aliases, i)}
 	}
-	b, err := yaml.Marshal(map[string][]string{"array": array})
-	return string(b), err
+	objects, problems := keyvault.ParseObjects(specs)
+	for _, op := range problems {
+		option := l.names.field(op.Object)
+		switch op.Field {
+		case keyvault.FieldType:
+			option = l.types.field(op.Object)
+		case keyvault.FieldVersion:
+			option = l.versions.field(op.Object)
+		case keyvault.FieldAlias:
+			option = l.aliases.field(op.Object)
+		}
+		if op.Tolerated {
+			p.warn(option, op.Render(l.names.field))
+		} else {
+			p.add(option, op.Render(l.names.field))
+		}
+	}
+	return objects
 }
 
 // parseIdentity chooses the identity as the original driver does:

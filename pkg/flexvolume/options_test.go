@@ -61,7 +61,7 @@ func kubeletJSON(t *testing.T, edit map[string]string) string {
 }
 
 func TestParseOptionsCanonicalExample(t *testing.T) {
-	v, err := ParseOptions(kubeletJSON(t, nil))
+	v, err := ParseOptions(kubeletJSON(t, nil), false)
 	require.NoError(t, err)
 	assert.Equal(t, "https://testkeyvault.vault.azure.net/", v.VaultURL)
 	assert.Equal(t, []keyvault.Object{
@@ -176,6 +176,17 @@ func TestParseOptionsEachOption(t *testing.T) {
 			assert.Len(t, v.Objects, 2)
 		},
 	}, {
+		name: "two objects, one file: the later wins, with a warning",
+		edit: map[string]string{"keyvaultobjectaliases": ";secret1"},
+		check: func(t *testing.T, v *Volume) {
+			require.Len(t, v.Objects, 1)
+			assert.Equal(t, "key1", v.Objects[0].Name)
+			assert.Equal(t, "secret1", v.Objects[0].FileName())
+			require.Len(t, v.Warnings, 1)
+			assert.Equal(t, "keyvaultobjectnames[0]", v.Warnings[0].Option)
+			assert.Contains(t, v.Warnings[0].Detail, `"secret1" is also written by keyvaultobjectnames[1], which wins`)
+		},
+	}, {
 		name: "tenant as a domain, vault name upper case",
 		edit: map[string]string{"tenantid": "contoso.onmicrosoft.com", "keyvaultname": "TestKeyVault"},
 		check: func(t *testing.T, v *Volume) {
@@ -184,7 +195,7 @@ func TestParseOptionsEachOption(t *testing.T) {
 		},
 	}} {
 		t.Run(tc.name, func(t *testing.T) {
-			v, err := ParseOptions(kubeletJSON(t, tc.edit))
+			v, err := ParseOptions(kubeletJSON(t, tc.edit), false)
 			require.NoError(t, err)
 			tc.check(t, v)
 		})
@@ -196,6 +207,8 @@ func TestParseOptionsProblems(t *testing.T) {
 		name string
 		raw  string            // used when set
 		edit map[string]string // else the canonical example edited
+		// strict refuses what is tolerated otherwise.
+		strict bool
 		// want are the problems, "option: detail" substrings, in order.
 		want []string
 	}{
@@ -234,8 +247,8 @@ func TestParseOptionsProblems(t *testing.T) {
 			want: []string{`keyvaultobjectaliases[0]: "../etc/passwd" must be a relative path inside the mount`}},
 		{name: "alias reserved by the atomic writer", edit: map[string]string{"keyvaultobjectaliases": "..data;k"},
 			want: []string{`keyvaultobjectaliases[0]: "..data" must not have a path segment starting with ".."`}},
-		{name: "two objects, one file", edit: map[string]string{"keyvaultobjectaliases": ";secret1"},
-			want: []string{`keyvaultobjectaliases[1]: "secret1" is also written by keyvaultobjectnames[0]`}},
+		{name: "two objects, one file, strict", edit: map[string]string{"keyvaultobjectaliases": ";secret1"}, strict: true,
+			want: []string{`keyvaultobjectnames[0]: "secret1" is also written by keyvaultobjectnames[1], which wins`}},
 		{name: "unknown cloud", edit: map[string]string{"cloudname": "AzureGermanCloud"},
 			want: []string{`cloudname: "AzureGermanCloud" is not one of AzurePublicCloud, AzureUSGovernmentCloud, AzureChinaCloud`}},
 		{name: "Azure Stack", edit: map[string]string{"cloudname": "AzureStackCloud"},
@@ -270,7 +283,7 @@ func TestParseOptionsProblems(t *testing.T) {
 			if raw == "" {
 				raw = kubeletJSON(t, tc.edit)
 			}
-			v, err := ParseOptions(raw)
+			v, err := ParseOptions(raw, tc.strict)
 			require.Error(t, err)
 			assert.Nil(t, v)
 			var oe *OptionsError

@@ -5,8 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path"
-	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -120,7 +119,7 @@ func (f *Fetcher) cacheKey(s *session, obj *Object, version string, list bool) (
 	}
 	k := objectKey{client: s.key, list: list, typ: obj.Type, name: strings.ToLower(obj.Name)}
 	if list {
-		k.history = obj.VersionHistory
+		k.history, k.version = obj.VersionHistory, strings.ToLower(obj.Version)
 	} else {
 		k.version, k.format, k.encoding = version, obj.Format, obj.Encoding
 	}
@@ -238,7 +237,7 @@ type job struct {
 //
 // An object with VersionHistory > 1 is listed first (this needs the list
 // permission) and its newest VersionHistory enabled versions, by creation
-// time, are fetched; its Version is not used.
+// time, are fetched, starting at its Version when that is set.
 func (f *Fetcher) Fetch(ctx context.Context, req Request) (*Result, error) {
 	start := time.Now()
 	vaultURL, vault, err := normalizeVaultURL(req.VaultURL)
@@ -414,8 +413,8 @@ type versionInfo struct {
 }
 
 // listVersions returns the newest obj.VersionHistory enabled versions of
-// obj, newest first. Key Vault lists versions in no useful order; they are
-// sorted by creation time.
+// obj, newest first, starting at obj.Version when it is set. Key Vault
+// lists versions in no useful order; they are sorted by creation time.
 func (s *session) listVersions(ctx context.Context, obj *Object) ([]string, error) {
 	var all []versionInfo
 	add := func(enabled *bool, created *time.Time, version string) {
@@ -483,6 +482,15 @@ func (s *session) listVersions(ctx context.Context, obj *Object) ([]string, erro
 		return nil, s.fail("list versions of", obj, "", KindNotFound, errors.New("no enabled version"))
 	}
 	sort.SliceStable(all, func(i, j int) bool { return all[i].created.After(all[j].created) })
+	if obj.Version != "" {
+		// The history starts at the pinned version and goes back from it.
+		start := slices.IndexFunc(all, func(v versionInfo) bool { return strings.EqualFold(v.version, obj.Version) })
+		if start < 0 {
+			return nil, s.fail("list versions of", obj, "", KindNotFound,
+				fmt.Errorf("objectVersion %s is not an enabled version of it", obj.Version))
+		}
+		all = all[start:]
+	}
 	if len(all) > obj.VersionHistory {
 		all = all[:obj.VersionHistory]
 	}
@@ -491,61 +499,6 @@ func (s *session) listVersions(ctx context.Context, obj *Object) ([]string, erro
 		out[i] = v.version
 	}
 	return out, nil
-}
-
-// objectNameRE is Key Vault's rule for object names.
-var objectNameRE = regexp.MustCompile(`^[0-9a-zA-Z-]{1,127}$`)
-
-// validateObjects checks what the front doors should already have checked:
-// Fetch is the last stop before names become URL paths and file names.
-func validateObjects(objs []Object) error {
-	if len(objs) == 0 {
-		return errors.New("no objects")
-	}
-	seen := make(map[string]bool, len(objs))
-	for _, o := range objs {
-		if !objectNameRE.MatchString(o.Name) {
-			return fmt.Errorf("object name %q: must be 1-127 letters, digits and hyphens", o.Name)
-		}
-		switch o.Type {
-		case TypeSecret, TypeKey, TypeCert:
-		default:
-			return fmt.Errorf("object %s: type %q is not secret, key or cert", o.Name, o.Type)
-		}
-		if _, err := normalizeFormat(o.Format); err != nil {
-			return fmt.Errorf("object %s: %w", o.Name, err)
-		}
-		if _, err := normalizeEncoding(o.Encoding); err != nil {
-			return fmt.Errorf("object %s: %w", o.Name, err)
-		}
-		if o.VersionHistory < 0 {
-			return fmt.Errorf("object %s: objectVersionHistory %d is negative", o.Name, o.VersionHistory)
-		}
-		if o.FileMode&^os.ModePerm != 0 {
-			return fmt.Errorf("object %s: file permission %o is not a permission", o.Name, o.FileMode)
-		}
-		name := o.FileName()
-		if err := validFileName(name); err != nil {
-			return fmt.Errorf("object %s: %w", o.Name, err)
-		}
-		if seen[name] {
-			return fmt.Errorf("object %s: file name %q is used by another object", o.Name, name)
-		}
-		seen[name] = true
-	}
-	return nil
-}
-
-func validFileName(name string) error {
-	if name == "" || strings.HasPrefix(name, "/") || path.Clean(name) != name || name == "." {
-		return fmt.Errorf("file name %q must be a clean relative path", name)
-	}
-	for _, el := range strings.Split(name, "/") {
-		if el == ".." || strings.HasPrefix(el, "..") {
-			return fmt.Errorf("file name %q must not contain \"..\" (nor begin an element with it: the atomic writer uses ..data)", name)
-		}
-	}
-	return nil
 }
 
 // eachPage calls each for every page of p.

@@ -421,6 +421,19 @@ func TestFetchVersionHistory(t *testing.T) {
 		{"secret/rotating", vs[3]},
 	}, res.Versions)
 
+	// A pinned objectVersion starts the history there, as upstream
+	// documents; a version that is not an enabled one is not found.
+	res, err = f.Fetch(ctx, env.request(t, Object{Name: "rotating", Type: TypeSecret, VersionHistory: 3, Version: strings.ToUpper(vs[1])}))
+	require.NoError(t, err)
+	got = files(t, res)
+	assert.Len(t, got, 2, "only two enabled versions from the pinned one back")
+	assert.Equal(t, "value-1", string(got["rotating/0"].Content))
+	assert.Equal(t, "value-0", string(got["rotating/1"].Content))
+	_, err = f.Fetch(ctx, env.request(t, Object{Name: "rotating", Type: TypeSecret, VersionHistory: 3, Version: vs[2]}))
+	require.Error(t, err)
+	assert.Equal(t, KindNotFound, Classify(err))
+	assert.Contains(t, err.Error(), "objectVersion "+vs[2]+" is not an enabled version of it")
+
 	// Listing needs the list permission.
 	other, err := env.e.AddApplication(emulator.Principal{TenantID: testTenant, ClientID: "33333333-2222-4333-8444-555555555555", Secret: "s"})
 	require.NoError(t, err)

@@ -4,43 +4,34 @@
 //
 // The parameters are those the upstream Azure provider reads (keyvaultName,
 // tenantId/tenantID, cloudName, cloudEnvFileName, usePodIdentity,
-// useVMManagedIdentity, userAssignedIdentityID, clientID, objects); manifests
-// written for it parse unchanged unless they hold a mistake the upstream
-// provider let through silently. Every such mistake is reported as a
-// FieldError naming the parameter, and Parse reports all of them at once.
+// useVMManagedIdentity, useAzureTokenProxy, userAssignedIdentityID,
+// clientID, objects); the objects' own rules belong to
+// keyvault.ParseObjects, which the FlexVolume front door shares.
 //
-// Where kvnode is stricter than the upstream provider:
+// A drop-in mounts what upstream mounts. Parse sorts each problem it finds
+// into one of two kinds, each a FieldError naming the parameter:
 //
-//   - keyvaultName follows Azure's naming rule in full (3-24 characters,
-//     letters, digits and hyphens, starting with a letter, not ending with a
-//     hyphen, no "--"); upstream checks only length and character set, so the
-//     extra names it accepted could never reach a vault.
-//   - Inside an object, keys are matched exactly and unknown keys are
-//     refused: upstream ignores a misspelt "objectAlais" or "filePermision"
-//     and silently writes the wrong file name or a world-readable file.
-//   - objectType must be set; an empty or misspelt type failed upstream only
-//     at fetch time.
-//   - objectFormat and objectEncoding on a type they do not apply to are
-//     refused in any letter case (upstream let "PFX" on a cert through).
-//   - objectVersion must be letters and digits (Key Vault versions are hex).
-//     "latest" means the latest version, as upstream's history code treats it.
-//   - objectVersionHistory is at most MaxVersionHistory and may not be
-//     combined with a specific objectVersion (see Parse).
-//   - filePermission must be 0001-0777: no setuid, setgid or sticky bits, and
-//     not 0 (a zero FileMode means the default 0644 to package keyvault).
-//   - File names: beyond upstream's "relative, no .." check, empty and "."
-//     segments, segments starting with ".." (kubelet's atomic writer owns
-//     those), control characters and two objects writing the same path (or
-//     a file where another needs a directory) are refused.
-//   - An empty objects array is an error; newer upstream versions mount an
-//     empty volume.
-//   - Identity settings that contradict each other are refused instead of
-//     one silently winning (see Config.AuthMode), and
-//     usePodServiceAccountAnnotation "true", which kvnode does not implement,
-//     is refused rather than ignored.
-//   - tenantId/tenantID must be a GUID or a domain name (it becomes part of
-//     the token authority URL).
-//   - cloudEnvFileName (AzureStackCloud) must be an absolute path to a
-//     regular file of at most 1 MiB; the driver runs as root and the path
-//     comes from a namespaced object.
+//   - Errors, in a *ValidationError: what upstream refuses too (a missing
+//     vault name or tenant, an unknown cloud or object type, two identity
+//     modes, YAML it cannot read), what cannot work anywhere (a tenant that
+//     would change the authority URL, an object name Key Vault cannot
+//     hold), and the few things upstream does unsafely: filePermission
+//     outside 0001-0777 (setuid, setgid and sticky bits; a non-octal value,
+//     which upstream writes as mode 0), control characters in file names,
+//     and file names that leave the mount or use the atomic writer's ".."
+//     entries. cloudEnvFileName (AzureStackCloud) must be an absolute path
+//     to a regular file of at most 1 MiB: the driver runs as root and the
+//     path comes from a namespaced object.
+//   - Warnings, in Config.Warnings: likely mistakes upstream lets through,
+//     mounted exactly as upstream mounts them. Unknown or misspelt keys
+//     (upstream ignores "filePermision" and writes a 0644 file), parameters
+//     of earlier releases, clientID next to pod or VM identity,
+//     userAssignedIdentityID without VM identity, an empty objects array (an
+//     empty volume), a vault name that passes upstream's check but no vault
+//     can have, a negative or very large objectVersionHistory, objectFormat
+//     "PFX" on a key or cert, file names with empty or "." segments
+//     (cleaned), and two objects writing one file (the later wins).
+//
+// kvdriver records the warnings as a Warning event on the pod; with
+// --strict-parameters it refuses them instead.
 package spc

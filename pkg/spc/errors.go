@@ -17,15 +17,19 @@ func (e *FieldError) Error() string { return e.Field + ": " + e.Detail }
 // CSI layer answers it with InvalidArgument.
 type ValidationError struct {
 	Errors []*FieldError
+	// Warnings are the tolerated mistakes found next to the errors; they
+	// often explain an error (a misspelt key next to a field "must be set").
+	Warnings []*FieldError
 }
 
-// Error joins the problems with "; ", in the order Parse found them.
+// Error joins the problems with "; ", in the order Parse found them, and
+// then the warnings.
 func (e *ValidationError) Error() string {
-	msgs := make([]string, len(e.Errors))
-	for i, fe := range e.Errors {
-		msgs[i] = fe.Error()
+	msg := "invalid SecretProviderClass parameters: " + Warnings(e.Errors)
+	if len(e.Warnings) > 0 {
+		msg += "; also: " + Warnings(e.Warnings)
 	}
-	return "invalid SecretProviderClass parameters: " + strings.Join(msgs, "; ")
+	return msg
 }
 
 // Unwrap lets errors.As find each FieldError.
@@ -37,16 +41,33 @@ func (e *ValidationError) Unwrap() []error {
 	return errs
 }
 
-// problems collects FieldErrors.
-type problems []*FieldError
-
-func (p *problems) add(field, detail string) {
-	*p = append(*p, &FieldError{Field: field, Detail: detail})
+// problems collects what Parse finds: errors refuse the parameters,
+// warnings are mistakes the upstream provider tolerates.
+type problems struct {
+	errors, warnings []*FieldError
 }
 
-func (p problems) err() error {
-	if len(p) == 0 {
+func (p *problems) add(field, detail string) {
+	p.errors = append(p.errors, &FieldError{Field: field, Detail: detail})
+}
+
+func (p *problems) warn(field, detail string) {
+	p.warnings = append(p.warnings, &FieldError{Field: field, Detail: detail})
+}
+
+func (p *problems) err() error {
+	if len(p.errors) == 0 {
 		return nil
 	}
-	return &ValidationError{Errors: p}
+	return &ValidationError{Errors: p.errors, Warnings: p.warnings}
+}
+
+// Warnings joins warnings as ValidationError joins errors, for a log line
+// or an event: "objects[0].filePermision: is not an object field; ...".
+func Warnings(warnings []*FieldError) string {
+	msgs := make([]string, len(warnings))
+	for i, w := range warnings {
+		msgs[i] = w.Error()
+	}
+	return strings.Join(msgs, "; ")
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -60,8 +61,15 @@ func fieldErrors(t testing.TB, err error) []string {
 	t.Helper()
 	var verr *ValidationError
 	require.ErrorAs(t, err, &verr)
-	msgs := make([]string, len(verr.Errors))
-	for i, fe := range verr.Errors {
+	return messages(verr.Errors)
+}
+
+func messages(fes []*FieldError) []string {
+	if len(fes) == 0 {
+		return nil
+	}
+	msgs := make([]string, len(fes))
+	for i, fe := range fes {
 		msgs[i] = fe.Error()
 	}
 	return msgs
@@ -103,7 +111,6 @@ func TestParse(t *testing.T) {
 				"csi.storage.k8s.io/pod.namespace": "apps",
 				"csi.storage.k8s.io/ephemeral":     "true",
 				"secretProviderClass":              "azure-kvname",
-				"someFutureParameter":              "whatever",
 			}),
 			want: &Config{KeyVaultName: "kvname", TenantID: "tid", Cloud: publicCloud(), Objects: []keyvault.Object{secret1}},
 			mode: ServicePrincipal,
@@ -137,12 +144,6 @@ func TestParse(t *testing.T) {
 			params: validParams(t, map[string]string{"useVMManagedIdentity": "TRUE", "userAssignedIdentityID": "u1"}),
 			want:   &Config{KeyVaultName: "kvname", TenantID: "tid", Cloud: publicCloud(), UseVMManagedIdentity: true, UserAssignedIdentityID: "u1", Objects: []keyvault.Object{secret1}},
 			mode:   VMManagedIdentity,
-		},
-		{
-			name:   "usePodServiceAccountAnnotation false is accepted",
-			params: validParams(t, map[string]string{"usePodServiceAccountAnnotation": "false"}),
-			want:   &Config{KeyVaultName: "kvname", TenantID: "tid", Cloud: publicCloud(), Objects: []keyvault.Object{secret1}},
-			mode:   ServicePrincipal,
 		},
 		{
 			name: "every object field",
@@ -280,6 +281,9 @@ func TestParseErrors(t *testing.T) {
 	noResource := writeFile(t, `{"keyVaultDNSSuffix":"vault.x","activeDirectoryEndpoint":"https://login.microsoftonline.com/"}`)
 	secret := func(extra string) string { return "objectName: s\nobjectType: secret\n" + extra }
 
+	// warn marks the messages that follow as warnings: the upstream
+	// provider tolerates them, Parse succeeds and lists them.
+	const warn = "\x00warn"
 	tests := []struct {
 		name   string
 		params map[string]string
@@ -299,13 +303,13 @@ func TestParseErrors(t *testing.T) {
 		{"keyvaultName URL", validParams(t, map[string]string{"keyvaultName": "kv.vault.azure.net"}),
 			[]string{`keyvaultName: "kv.vault.azure.net" may contain only letters, digits and hyphens`}},
 		{"keyvaultName starts with a digit", validParams(t, map[string]string{"keyvaultName": "1vault"}),
-			[]string{`keyvaultName: "1vault" must start with a letter`}},
+			[]string{warn, `keyvaultName: "1vault" must start with a letter; no Key Vault can have this name`}},
 		{"keyvaultName starts with a hyphen", validParams(t, map[string]string{"keyvaultName": "-vault"}),
-			[]string{`keyvaultName: "-vault" must start with a letter`}},
+			[]string{warn, `keyvaultName: "-vault" must start with a letter; no Key Vault can have this name`}},
 		{"keyvaultName ends with a hyphen", validParams(t, map[string]string{"keyvaultName": "vault-"}),
-			[]string{`keyvaultName: "vault-" must end with a letter or digit`}},
+			[]string{warn, `keyvaultName: "vault-" must end with a letter or digit; no Key Vault can have this name`}},
 		{"keyvaultName consecutive hyphens", validParams(t, map[string]string{"keyvaultName": "my--vault"}),
-			[]string{`keyvaultName: "my--vault" must not contain consecutive hyphens`}},
+			[]string{warn, `keyvaultName: "my--vault" must not contain consecutive hyphens; no Key Vault can have this name`}},
 
 		// tenant
 		{"tenant missing", validParams(t, map[string]string{"tenantId": "-"}),
@@ -347,19 +351,36 @@ func TestParseErrors(t *testing.T) {
 		{"useVMManagedIdentity not a boolean", validParams(t, map[string]string{"useVMManagedIdentity": "enabled"}),
 			[]string{`useVMManagedIdentity: "enabled" is not a boolean (use "true" or "false")`}},
 		{"usePodServiceAccountAnnotation not a boolean", validParams(t, map[string]string{"usePodServiceAccountAnnotation": "on"}),
-			[]string{`usePodServiceAccountAnnotation: "on" is not a boolean (use "true" or "false")`}},
+			[]string{warn, `usePodServiceAccountAnnotation: is no longer read by the Azure provider; ignored (set clientID to the workload identity's client ID)`}},
 		{"usePodServiceAccountAnnotation unsupported", validParams(t, map[string]string{"usePodServiceAccountAnnotation": "true"}),
-			[]string{`usePodServiceAccountAnnotation: is not supported; set clientID to the workload identity's client ID`}},
+			[]string{warn, `usePodServiceAccountAnnotation: is no longer read by the Azure provider; ignored (set clientID to the workload identity's client ID)`}},
 		{"pod identity and VM managed identity", validParams(t, map[string]string{"usePodIdentity": "true", "useVMManagedIdentity": "true"}),
-			[]string{`usePodIdentity: cannot be combined with useVMManagedIdentity; choose one identity`}},
+			[]string{`usePodIdentity: usePodIdentity, useVMManagedIdentity and useAzureTokenProxy are exclusive; choose one identity`}},
 		{"workload identity and pod identity", validParams(t, map[string]string{"usePodIdentity": "true", "clientID": "c1"}),
-			[]string{`clientID: workload identity cannot be combined with usePodIdentity; choose one identity`}},
+			[]string{warn, `clientID: is ignored with usePodIdentity, as the upstream provider ignores it (clientID names a workload identity)`}},
 		{"workload identity and VM managed identity", validParams(t, map[string]string{"useVMManagedIdentity": "true", "clientID": "c1"}),
-			[]string{`clientID: workload identity cannot be combined with useVMManagedIdentity; choose one identity`}},
+			[]string{warn, `clientID: is ignored with useVMManagedIdentity, as the upstream provider ignores it (clientID names a workload identity)`}},
 		{"userAssignedIdentityID without VM managed identity", validParams(t, map[string]string{"userAssignedIdentityID": "u1"}),
-			[]string{`userAssignedIdentityID: is used only with useVMManagedIdentity "true"`}},
+			[]string{warn, `userAssignedIdentityID: is ignored without useVMManagedIdentity "true", as the upstream provider ignores it`}},
 		{"userAssignedIdentityID with pod identity", validParams(t, map[string]string{"userAssignedIdentityID": "u1", "usePodIdentity": "true"}),
-			[]string{`userAssignedIdentityID: is used only with useVMManagedIdentity "true"`}},
+			[]string{warn, `userAssignedIdentityID: is ignored without useVMManagedIdentity "true", as the upstream provider ignores it`}},
+		{"userAssignedIdentityID with workload identity", validParams(t, map[string]string{"userAssignedIdentityID": "u1", "clientID": "c1"}),
+			[]string{warn, `userAssignedIdentityID: is ignored without useVMManagedIdentity "true", as the upstream provider ignores it`}},
+		{"identity binding and pod identity", validParams(t, map[string]string{"useAzureTokenProxy": "true", "usePodIdentity": "true", "clientID": "c1"}),
+			[]string{`usePodIdentity: usePodIdentity, useVMManagedIdentity and useAzureTokenProxy are exclusive; choose one identity`}},
+		{"identity binding without clientID", validParams(t, map[string]string{"useAzureTokenProxy": "true"}),
+			[]string{`clientID: must be set with useAzureTokenProxy: the managed identity's client ID`}},
+		{"useAzureTokenProxy not a boolean", validParams(t, map[string]string{"useAzureTokenProxy": "sure", "clientID": "c1"}),
+			[]string{`useAzureTokenProxy: "sure" is not a boolean (use "true" or "false")`}},
+
+		// parameter names
+		{"unknown parameter", validParams(t, map[string]string{"vaultSku": "premium"}),
+			[]string{warn, `vaultSku: is not a parameter of the Azure provider; ignored`}},
+		{"parameter in the wrong case", validParams(t, map[string]string{"clientId": "c1"}),
+			[]string{warn, `clientId: is not a parameter of the Azure provider; ignored (parameter names are case-sensitive: clientID)`}},
+		{"retired resourceGroup", validParams(t, map[string]string{"resourceGroup": "rg", "subscriptionId": "sub"}),
+			[]string{warn, `resourceGroup: is no longer read by the Azure provider; ignored (the vault URL comes from keyvaultName and cloudName)`,
+				`subscriptionId: is no longer read by the Azure provider; ignored (the vault URL comes from keyvaultName and cloudName)`}},
 
 		// the objects document
 		{"objects missing", validParams(t, map[string]string{"objects": "-"}),
@@ -369,11 +390,11 @@ func TestParseErrors(t *testing.T) {
 		{"objects a list", validParams(t, map[string]string{"objects": "- objectName: a"}),
 			[]string{`objects: must be a YAML mapping with an "array" list`}},
 		{"objects without array", validParams(t, map[string]string{"objects": "arrray:\n  - |\n    objectName: a"}),
-			[]string{`objects.array: must list at least one object`}},
+			[]string{warn, `objects.array: lists no object: the volume is mounted empty`}},
 		{"objects empty array", validParams(t, map[string]string{"objects": "array: []"}),
-			[]string{`objects.array: must list at least one object`}},
+			[]string{warn, `objects.array: lists no object: the volume is mounted empty`}},
 		{"objects null array", validParams(t, map[string]string{"objects": "array:"}),
-			[]string{`objects.array: must list at least one object`}},
+			[]string{warn, `objects.array: lists no object: the volume is mounted empty`}},
 		{"objects array not a list", validParams(t, map[string]string{"objects": "array: secret1"}),
 			[]string{`objects.array: must be a list of YAML strings, one per object`}},
 		{"entry written as a mapping", validParams(t, map[string]string{"objects": "array:\n  - objectName: a\n    objectType: secret"}),
@@ -399,11 +420,14 @@ func TestParseErrors(t *testing.T) {
 		{"objectType certificate", withObjects(t, "objectName: s\nobjectType: certificate"),
 			[]string{`objects[0].objectType: "certificate" is not one of secret, key, cert`}},
 		{"unknown field", withObjects(t, secret("objectAlais: db")),
-			[]string{`objects[0].objectAlais: is not a known object field (keys are case-sensitive)`}},
+			[]string{warn, `objects[0].objectAlais: is not an object field; ignored, as the upstream provider ignores it (did you mean objectAlias?)`}},
+		{"filePermission misspelt", withObjects(t, secret("filePermision: \"0600\"")),
+			[]string{warn, `objects[0].filePermision: is not an object field; ignored, as the upstream provider ignores it (did you mean filePermission?)`}},
 		{"field in the wrong case", withObjects(t, "objectname: s\nobjectType: secret"),
-			[]string{`objects[0].objectname: is not a known object field (keys are case-sensitive)`, `objects[0].objectName: must be set`}},
+			[]string{`objects[0].objectName: must be set`,
+				warn, `objects[0].objectname: is not an object field; ignored, as the upstream provider ignores it (did you mean objectName?)`}},
 		{"objectNotAfter", withObjects(t, secret("objectNotAfter: 2026-06-05T19:41:00Z")),
-			[]string{`objects[0].objectNotAfter: is not supported by kvnode`}},
+			[]string{warn, `objects[0].objectNotAfter: is not supported by kvnode; ignored`}},
 		{"field set twice", withObjects(t, secret("objectAlias: a\nobjectAlias: b")),
 			[]string{`objects[0].objectAlias: is set twice`}},
 		{"field given a list", withObjects(t, secret("objectAlias: [a, b]")),
@@ -415,21 +439,19 @@ func TestParseErrors(t *testing.T) {
 		{"objectVersionHistory fractional", withObjects(t, secret("objectVersionHistory: 2.5")),
 			[]string{`objects[0].objectVersionHistory: "2.5" is not an integer`}},
 		{"objectVersionHistory negative", withObjects(t, secret("objectVersionHistory: -1")),
-			[]string{`objects[0].objectVersionHistory: -1 must not be negative`}},
-		{"objectVersionHistory too large", withObjects(t, secret("objectVersionHistory: 21")),
-			[]string{`objects[0].objectVersionHistory: 21 exceeds the maximum of 20`}},
+			[]string{warn, `objects[0].objectVersionHistory: -1 is negative; read as 1 (the one version named by objectVersion), as the upstream provider reads it`}},
+		{"objectVersionHistory large", withObjects(t, secret("objectVersionHistory: 21")),
+			[]string{warn, `objects[0].objectVersionHistory: 21 versions cost 22 Key Vault requests per pod per rotation; 20 cover common rotation schemes`}},
 		{"objectVersionHistory overflows", withObjects(t, secret("objectVersionHistory: 99999999999999999999")),
-			[]string{`objects[0].objectVersionHistory: 99999999999999999999 exceeds the maximum of 20`}},
+			[]string{`objects[0].objectVersionHistory: 99999999999999999999 is out of range`}},
 		{"objectVersionHistory underflows", withObjects(t, secret("objectVersionHistory: -99999999999999999999")),
-			[]string{`objects[0].objectVersionHistory: -99999999999999999999 must not be negative`}},
-		{"objectVersion with objectVersionHistory", withObjects(t, secret("objectVersion: abc123\nobjectVersionHistory: 3")),
-			[]string{`objects[0].objectVersion: cannot be combined with objectVersionHistory > 1 (the history starts at the latest version)`}},
+			[]string{`objects[0].objectVersionHistory: -99999999999999999999 is out of range`}},
 		{"objectFormat unknown", withObjects(t, secret("objectFormat: der")),
 			[]string{`objects[0].objectFormat: "der" is not one of pem, pfx`}},
 		{"objectFormat pfx on a cert", withObjects(t, "objectName: c\nobjectType: cert\nobjectFormat: pfx"),
 			[]string{`objects[0].objectFormat: pfx applies only to objectType secret`}},
 		{"objectFormat PFX on a key", withObjects(t, "objectName: k\nobjectType: key\nobjectFormat: PFX"),
-			[]string{`objects[0].objectFormat: pfx applies only to objectType secret`}},
+			[]string{warn, `objects[0].objectFormat: "PFX" applies only to objectType secret; ignored for objectType key, as the upstream provider ignores it`}},
 		{"objectEncoding unknown", withObjects(t, secret("objectEncoding: base32")),
 			[]string{`objects[0].objectEncoding: "base32" is not one of utf-8, hex, base64`}},
 		{"objectEncoding utf8 without hyphen", withObjects(t, secret("objectEncoding: utf8")),
@@ -439,11 +461,11 @@ func TestParseErrors(t *testing.T) {
 		{"objectEncoding utf-8 on a key", withObjects(t, "objectName: k\nobjectType: key\nobjectEncoding: utf-8"),
 			[]string{`objects[0].objectEncoding: applies only to objectType secret`}},
 		{"filePermission not octal", withObjects(t, secret("filePermission: \"0999\"")),
-			[]string{`objects[0].filePermission: "0999" is not an octal number such as "0600"`}},
+			[]string{`objects[0].filePermission: "0999" is not an octal number such as "0600" (the upstream provider would write the file with mode 0)`}},
 		{"filePermission symbolic", withObjects(t, secret("filePermission: rw-r--r--")),
-			[]string{`objects[0].filePermission: "rw-r--r--" is not an octal number such as "0600"`}},
+			[]string{`objects[0].filePermission: "rw-r--r--" is not an octal number such as "0600" (the upstream provider would write the file with mode 0)`}},
 		{"filePermission with setuid", withObjects(t, secret("filePermission: \"4755\"")),
-			[]string{`objects[0].filePermission: "4755" must be at most 0777 (no setuid, setgid or sticky bits)`}},
+			[]string{`objects[0].filePermission: "4755" must be at most 0777: setuid, setgid and sticky bits are refused`}},
 		{"filePermission zero", withObjects(t, secret("filePermission: \"0000\"")),
 			[]string{`objects[0].filePermission: "0000" gives the file no permissions; use at least 0400`}},
 
@@ -458,11 +480,13 @@ func TestParseErrors(t *testing.T) {
 		{"alias is ..", withObjects(t, secret("objectAlias: \"..\"")),
 			[]string{`objects[0].objectAlias: ".." must be a relative path inside the mount`}},
 		{"alias with an empty segment", withObjects(t, secret("objectAlias: a//b")),
-			[]string{`objects[0].objectAlias: "a//b" must not contain empty path segments`}},
+			[]string{warn, `objects[0].objectAlias: "a//b" has empty or "." path segments; written as "a/b"`}},
 		{"alias ending in a slash", withObjects(t, secret("objectAlias: dir/")),
-			[]string{`objects[0].objectAlias: "dir/" must not contain empty path segments`}},
+			[]string{warn, `objects[0].objectAlias: "dir/" has empty or "." path segments; written as "dir"`}},
 		{"alias with a dot segment", withObjects(t, secret("objectAlias: ./a")),
-			[]string{`objects[0].objectAlias: "./a" must not contain "." path segments`}},
+			[]string{warn, `objects[0].objectAlias: "./a" has empty or "." path segments; written as "a"`}},
+		{"alias the mount itself", withObjects(t, secret("objectAlias: ./")),
+			[]string{`objects[0].objectAlias: "./" names the mount itself, not a file in it`}},
 		{"alias ..data", withObjects(t, secret("objectAlias: ..data")),
 			[]string{`objects[0].objectAlias: "..data" must not have a path segment starting with ".." (reserved by the atomic writer)`}},
 		{"alias with a nested ..segment", withObjects(t, secret("objectAlias: a/..b")),
@@ -476,9 +500,9 @@ func TestParseErrors(t *testing.T) {
 
 		// collisions
 		{"same object twice", withObjects(t, "objectName: s\nobjectType: secret", "objectName: s\nobjectType: cert"),
-			[]string{`objects[1].objectName: "s" is also written by objects[0]`}},
+			[]string{warn, `objects[0].objectName: "s" is also written by objects[1], which wins, as with the upstream provider; this object is not mounted`}},
 		{"alias equal to another object's name", withObjects(t, "objectName: s\nobjectType: secret", "objectName: t\nobjectType: secret\nobjectAlias: s"),
-			[]string{`objects[1].objectAlias: "s" is also written by objects[0]`}},
+			[]string{warn, `objects[0].objectName: "s" is also written by objects[1], which wins, as with the upstream provider; this object is not mounted`}},
 		{"file then a file below it", withObjects(t, "objectName: a\nobjectType: secret", "objectName: t\nobjectType: secret\nobjectAlias: a/b"),
 			[]string{`objects[1].objectAlias: "a/b" needs "a" to be a directory, but objects[0] writes a file there`}},
 		{"file below then the file", withObjects(t, "objectName: t\nobjectType: secret\nobjectAlias: a/b/c", "objectName: a\nobjectType: secret\nobjectAlias: a/b"),
@@ -488,14 +512,26 @@ func TestParseErrors(t *testing.T) {
 		{"file then a version history around it", withObjects(t, "objectName: t\nobjectType: secret\nobjectAlias: h/x", "objectName: s\nobjectType: secret\nobjectAlias: h\nobjectVersionHistory: 2"),
 			[]string{`objects[1].objectAlias: version-history directory "h" would also hold "h/x" of objects[0]`}},
 		{"two version histories in one directory", withObjects(t, "objectName: s\nobjectType: secret\nobjectVersionHistory: 2", "objectName: s\nobjectType: key\nobjectVersionHistory: 5"),
-			[]string{`objects[1].objectName: "s" is also written by objects[0]`}},
+			[]string{warn, `objects[0].objectName: "s" is also written by objects[1], which wins, as with the upstream provider; this object is not mounted`}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
+			errs, warns := tc.want, []string(nil)
+			if i := slices.Index(tc.want, warn); i >= 0 {
+				errs, warns = tc.want[:i], tc.want[i+1:]
+			}
 			cfg, err := Parse(tc.params)
+			if len(errs) == 0 {
+				require.NoError(t, err)
+				assert.Equal(t, warns, messages(cfg.Warnings))
+				return
+			}
 			require.Error(t, err)
 			assert.Nil(t, cfg)
-			assert.Equal(t, tc.want, fieldErrors(t, err))
+			assert.Equal(t, errs, fieldErrors(t, err))
+			var verr *ValidationError
+			require.ErrorAs(t, err, &verr)
+			assert.Equal(t, warns, messages(verr.Warnings), "warnings reported next to the errors")
 		})
 	}
 }
@@ -517,12 +553,11 @@ func TestParseReportsEveryProblem(t *testing.T) {
 		`usePodIdentity: "maybe" is not a boolean (use "true" or "false")`,
 		`objects[1].objectType: "blob" is not one of secret, key, cert`,
 		`objects[1].objectAlias: "../b" must be a relative path inside the mount`,
-		`objects[2].objectName: "a" is also written by objects[0]`,
 	}, fieldErrors(t, err))
 	assert.Equal(t, `invalid SecretProviderClass parameters: keyvaultName: "kv_1" may contain only letters, digits and hyphens; `+
 		`tenantId: must be set (as tenantId or tenantID); usePodIdentity: "maybe" is not a boolean (use "true" or "false"); `+
 		`objects[1].objectType: "blob" is not one of secret, key, cert; objects[1].objectAlias: "../b" must be a relative path inside the mount; `+
-		`objects[2].objectName: "a" is also written by objects[0]`, err.Error())
+		`also: objects[0].objectName: "a" is also written by objects[2], which wins, as with the upstream provider; this object is not mounted`, err.Error())
 
 	var fe *FieldError
 	require.ErrorAs(t, err, &fe)

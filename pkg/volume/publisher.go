@@ -86,15 +86,18 @@ func (p *Publisher) Publish(ctx context.Context, req Request) (*Result, error) {
 	if req.TargetPath == "" {
 		return nil, errors.New("target path is empty")
 	}
-	cred, credID, err := p.creds.Credential(req.Identity)
-	if err != nil {
-		return nil, err
-	}
-	fetched, err := p.fetcher.Fetch(ctx, keyvault.Request{
-		VaultURL: req.VaultURL, Credential: cred, IdentityKey: credID, Objects: req.Objects,
-	})
-	if err != nil {
-		return nil, err
+	fetched := &keyvault.Result{}
+	if len(req.Objects) > 0 { // an empty objects array mounts an empty volume, as upstream
+		cred, credID, err := p.creds.Credential(req.Identity)
+		if err != nil {
+			return nil, err
+		}
+		fetched, err = p.fetcher.Fetch(ctx, keyvault.Request{
+			VaultURL: req.VaultURL, Credential: cred, IdentityKey: credID, Objects: req.Objects,
+		})
+		if err != nil {
+			return nil, err
+		}
 	}
 	payload := make(map[string]atomicwriter.File, len(fetched.Files))
 	for _, f := range fetched.Files {

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -174,8 +175,6 @@ func badInputCases() []badInput {
 			code: codes.InvalidArgument, message: []string{`usePodIdentity: "yes please" is not a boolean`}},
 		{name: "objects not YAML", params: badParams("objects", "array: [\n  - {unclosed"),
 			code: codes.InvalidArgument, message: []string{"objects: is not valid YAML"}},
-		{name: "objects array empty", params: badParams("objects", "array: []"),
-			code: codes.InvalidArgument, message: []string{"objects.array: must list at least one object"}},
 		{name: "objectName missing", params: objects("objectType: secret"),
 			code: codes.InvalidArgument, message: []string{"objects[0].objectName: must be set"}},
 		{name: "invalid objectType", params: objects("objectName: db-password\nobjectType: blob"),
@@ -186,10 +185,14 @@ func badInputCases() []badInput {
 			code: codes.InvalidArgument, message: []string{`objects[0].objectAlias: "/etc/x" ` + outside}},
 		{name: "objectAlias climbs out midway", params: objects("objectName: db-password\nobjectType: secret\nobjectAlias: a/../../b"),
 			code: codes.InvalidArgument, message: []string{`objects[0].objectAlias: "a/../../b" ` + outside}},
-		{name: "duplicate aliases", params: objects(
+		{name: "alias under another object's file", params: objects(
 			"objectName: db-password\nobjectType: secret\nobjectAlias: same",
-			"objectName: not-base64\nobjectType: secret\nobjectAlias: same"),
-			code: codes.InvalidArgument, message: []string{`objects[1].objectAlias: "same" is also written by objects[0]`}},
+			"objectName: not-base64\nobjectType: secret\nobjectAlias: same/inner"),
+			code: codes.InvalidArgument, message: []string{`objects[1].objectAlias: "same/inner" needs "same" to be a directory, but objects[0] writes a file there`}},
+		{name: "filePermission with setuid", params: objects("objectName: db-password\nobjectType: secret\nfilePermission: \"4755\""),
+			code: codes.InvalidArgument, message: []string{`objects[0].filePermission: "4755" must be at most 0777: setuid, setgid and sticky bits are refused`}},
+		{name: "identity binding", params: badParams("useAzureTokenProxy", "true", "clientID", wiClientID),
+			code: codes.InvalidArgument, message: []string{"useAzureTokenProxy: AKS identity binding is not supported"}},
 		{name: "objectVersionHistory not a number", params: objects("objectName: db-password\nobjectType: secret\nobjectVersionHistory: three"),
 			code: codes.InvalidArgument, message: []string{`objects[0].objectVersionHistory: "three" is not an integer`}},
 		{name: "filePermission not octal", params: objects("objectName: db-password\nobjectType: secret\nfilePermission: \"0986\""),
@@ -398,6 +401,10 @@ func publishWithCredentials(t *testing.T, e *driverEnv) []string {
 	return messages
 }
 
+// sentinels numbers waitForClasses' sentinel classes, unique across the
+// drivers of one control plane.
+var sentinels atomic.Int64
+
 // createClassOf stores a SecretProviderClass of provider (default azure).
 func (e *driverEnv) createClassOf(t *testing.T, namespace, name, provider string, params map[string]string) {
 	t.Helper()
@@ -422,8 +429,7 @@ func (e *driverEnv) createClassOf(t *testing.T, namespace, name, provider string
 // informer sees a namespace's objects in creation order).
 func (e *driverEnv) waitForClasses(t *testing.T, namespace string) {
 	t.Helper()
-	e.sentinels++
-	name := fmt.Sprintf("informer-sentinel-%d", e.sentinels)
+	name := fmt.Sprintf("informer-sentinel-%d", sentinels.Add(1))
 	e.createClassOf(t, namespace, name, "", map[string]string{})
 	pod := e.createPod(t, namespace, name, "app")
 	req := e.publishRequest(pod, "secrets", name, nil, "")

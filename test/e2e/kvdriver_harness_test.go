@@ -68,8 +68,6 @@ type driverEnv struct {
 	// planted are credentials a test handed kvdriver that must never be
 	// printed.
 	planted []string
-	// sentinels counts waitForClasses' sentinel classes.
-	sentinels int
 }
 
 func startDriverEnv(t testing.TB) *driverEnv {
