@@ -184,7 +184,10 @@ func checkTypeKeys(d *desired, obj spc.SecretObject, fail func(sub, format strin
 	need := func(keys ...string) error {
 		for _, k := range keys {
 			if _, ok := d.data[k]; !ok {
-				return fail(".data", "a %s Secret needs the key %s", d.typ, strings.Join(keys, " and "))
+				if len(keys) == 1 {
+					return fail(".data", "a %s Secret needs the key %s", d.typ, k)
+				}
+				return fail(".data", "a %s Secret needs the keys %s; %s is missing", d.typ, strings.Join(keys, " and "), k)
 			}
 		}
 		return nil
