@@ -727,3 +727,50 @@ func TestSecretSyncConcurrentNodesConverge(t *testing.T) {
 	}
 	assert.Equal(t, map[string]int{"PATCH apply": nodes}, count)
 }
+
+// The rights the chart gives kvdriver over Secrets, pinned so that they
+// cannot grow unseen, and the policy's types, which must be the Syncer's.
+func TestSecretSyncChartRights(t *testing.T) {
+	baseRules := []any{
+		map[string]any{"apiGroups": []any{"secrets-store.csi.x-k8s.io"}, "resources": []any{"secretproviderclasses"}, "verbs": []any{"get", "list", "watch"}},
+		map[string]any{"apiGroups": []any{"secrets-store.csi.x-k8s.io"}, "resources": []any{"secretproviderclasspodstatuses"}, "verbs": []any{"get", "create", "update"}},
+	}
+	secretRule := map[string]any{"apiGroups": []any{""}, "resources": []any{"secrets"}, "verbs": []any{"create", "patch"}}
+	for _, tc := range []struct {
+		name   string
+		values []string
+		rules  []any
+		policy bool
+	}{
+		{"defaults", nil, append(baseRules[:2:2], secretRule), true},
+		{"sync off", []string{"syncSecret.enabled=false"}, baseRules, false},
+		{"policy off (clusters before 1.30)", []string{"syncSecret.admissionPolicy.enabled=false"}, append(baseRules[:2:2], secretRule), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			byKind := kinds(renderChart(t, tc.values...))
+			require.Contains(t, byKind, "ClusterRole/kvnode-kvdriver")
+			assert.Equal(t, tc.rules, byKind["ClusterRole/kvnode-kvdriver"].Object["rules"])
+			vap, binding := byKind["ValidatingAdmissionPolicy/"+syncPolicyName], byKind["ValidatingAdmissionPolicyBinding/"+syncPolicyName]
+			if !tc.policy {
+				assert.Nil(t, vap)
+				assert.Nil(t, binding)
+				return
+			}
+			require.NotNil(t, vap)
+			require.NotNil(t, binding)
+			actions, _, _ := unstructured.NestedStringSlice(binding.Object, "spec", "validationActions")
+			assert.Equal(t, []string{"Deny"}, actions)
+			failure, _, _ := unstructured.NestedString(vap.Object, "spec", "failurePolicy")
+			assert.Equal(t, "Fail", failure)
+			conds, _, _ := unstructured.NestedSlice(vap.Object, "spec", "matchConditions")
+			require.Len(t, conds, 1)
+			assert.Equal(t, `request.userInfo.username == "`+kvdriverAccount+`"`, conds[0].(map[string]any)["expression"])
+			var want []string
+			for _, typ := range secretsync.DefaultTypes() {
+				want = append(want, fmt.Sprintf("%q", typ))
+			}
+			assert.Contains(t, fmt.Sprint(vap.Object["spec"]), "object.type in ["+strings.Join(want, ",")+"]",
+				"the policy's types are the Syncer's defaults")
+		})
+	}
+}
