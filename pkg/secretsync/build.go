@@ -43,18 +43,30 @@ func DefaultTypes() []corev1.SecretType {
 // maxListedFiles caps how many mounted file names an error lists.
 const maxListedFiles = 10
 
-// desired is the Secret one entry of spec.secretObjects describes.
+// desired is the Secret one entry of spec.secretObjects describes: its
+// settings, validated, and the files it is built from.
 type desired struct {
 	field       string // secretObjects[i]
 	name        string
 	typ         corev1.SecretType
 	labels      map[string]string
 	annotations map[string]string
-	data        map[string][]byte
-	// sum identifies the content, so that a republish that would write the
-	// same Secret again makes no request. Only this digest is kept between
-	// publishes, never the values.
+	items       []dataItem
+	// sum digests everything the Secret is built from, so that a republish
+	// that would write the same Secret again sends no request and does not
+	// even build it (splitting a TLS key costs a key parse). Only this
+	// digest is kept between publishes, never the values.
 	sum [sha256.Size]byte
+	// data is the Secret's data, once render has built it.
+	data map[string][]byte
+}
+
+// dataItem is one entry of data[]: a file of the volume under a key.
+type dataItem struct {
+	sub  string // .data[j]
+	file string // the objectName, trimmed
+	key  string // trimmed
+	raw  []byte // the file as mounted
 }
 
 // build turns spec.secretObjects and the volume's files into the Secrets to
@@ -131,9 +143,7 @@ func buildOne(i int, obj spc.SecretObject, files map[string][]byte, types []core
 	if len(obj.Data) == 0 {
 		return nil, fail(".data", "required: at least one objectName and key")
 	}
-	d.data = make(map[string][]byte, len(obj.Data))
 	keyIndex := make(map[string]int, len(obj.Data))
-	size := 0
 	for j, item := range obj.Data {
 		sub := ".data[" + strconv.Itoa(j) + "]"
 		name, key := strings.TrimSpace(item.ObjectName), strings.TrimSpace(item.Key)
@@ -157,80 +167,92 @@ func buildOne(i int, obj spc.SecretObject, files map[string][]byte, types []core
 		if !ok {
 			return nil, fail(sub+".objectName", "%q is not a file of the volume (the objectAlias, else the objectName, of an object in spec.parameters.objects); the volume has %s", name, fileList(files))
 		}
-		if d.typ == corev1.SecretTypeTLS {
-			part, err := tlsPart(content, key)
-			if err != nil {
-				return nil, fail(sub+".objectName", "file %q %v", name, err)
-			}
-			content = part
-		}
-		d.data[key] = content
-		size += len(content)
+		d.items = append(d.items, dataItem{sub: sub, file: name, key: key, raw: content})
 	}
-	if size > corev1.MaxSecretSize {
-		return nil, fail(".data", "the Secret would hold %d bytes; Kubernetes takes at most %d", size, corev1.MaxSecretSize)
-	}
-	if err := checkTypeKeys(d, obj, fail); err != nil {
+	if err := checkTypeKeys(d.typ, keyIndex, fail); err != nil {
 		return nil, err
 	}
-	d.sum = contentSum(d)
+	d.sum = inputSum(d)
 	return d, nil
 }
 
-// checkTypeKeys applies the API server's rules for the keys of d's type, so
-// that a class that breaks them gets an error naming its field rather than
-// an API error naming the Secret's.
-func checkTypeKeys(d *desired, obj spc.SecretObject, fail func(sub, format string, args ...any) error) error {
-	need := func(keys ...string) error {
-		for _, k := range keys {
-			if _, ok := d.data[k]; !ok {
-				if len(keys) == 1 {
-					return fail(".data", "a %s Secret needs the key %s", d.typ, k)
+// checkTypeKeys applies the API server's rules for the keys of a Secret of
+// typ, so that a class that breaks them gets an error naming its field
+// rather than an API error naming the Secret's.
+func checkTypeKeys(typ corev1.SecretType, keys map[string]int, fail func(sub, format string, args ...any) error) error {
+	need := func(want ...string) error {
+		for _, k := range want {
+			if _, ok := keys[k]; !ok {
+				if len(want) == 1 {
+					return fail(".data", "a %s Secret needs the key %s", typ, k)
 				}
-				return fail(".data", "a %s Secret needs the keys %s; %s is missing", d.typ, strings.Join(keys, " and "), k)
+				return fail(".data", "a %s Secret needs the keys %s; %s is missing", typ, strings.Join(want, " and "), k)
 			}
 		}
 		return nil
 	}
-	validJSON := func(key string) error {
-		if json.Valid(d.data[key]) {
-			return nil
-		}
-		for j, item := range obj.Data {
-			if strings.TrimSpace(item.Key) == key {
-				return fail(".data["+strconv.Itoa(j)+"].objectName", "file %q is not valid JSON, which the %s key of a %s Secret must be", strings.TrimSpace(item.ObjectName), key, d.typ)
-			}
-		}
-		return nil
-	}
-	switch d.typ {
+	switch typ {
 	case corev1.SecretTypeTLS:
 		return need(corev1.TLSCertKey, corev1.TLSPrivateKeyKey)
 	case corev1.SecretTypeDockerConfigJson:
-		if err := need(corev1.DockerConfigJsonKey); err != nil {
-			return err
-		}
-		return validJSON(corev1.DockerConfigJsonKey)
+		return need(corev1.DockerConfigJsonKey)
 	case corev1.SecretTypeDockercfg:
-		if err := need(corev1.DockerConfigKey); err != nil {
-			return err
-		}
-		return validJSON(corev1.DockerConfigKey)
+		return need(corev1.DockerConfigKey)
 	case corev1.SecretTypeSSHAuth:
 		return need(corev1.SSHAuthPrivateKey)
 	case corev1.SecretTypeBasicAuth:
-		_, user := d.data[corev1.BasicAuthUsernameKey]
-		_, pass := d.data[corev1.BasicAuthPasswordKey]
+		_, user := keys[corev1.BasicAuthUsernameKey]
+		_, pass := keys[corev1.BasicAuthPasswordKey]
 		if !user && !pass {
-			return fail(".data", "a %s Secret needs the key %s or %s", d.typ, corev1.BasicAuthUsernameKey, corev1.BasicAuthPasswordKey)
+			return fail(".data", "a %s Secret needs the key %s or %s", typ, corev1.BasicAuthUsernameKey, corev1.BasicAuthPasswordKey)
 		}
 	}
 	return nil
 }
 
-// contentSum digests everything of d that is written, each string and value
-// length-prefixed so that no two contents share a digest by concatenation.
-func contentSum(d *desired) [sha256.Size]byte {
+// render builds d's data from its files: the files as they are, except for
+// kubernetes.io/tls, whose tls.key and tls.crt are split out of a
+// certificate-backed secret as the upstream driver does. It checks what
+// depends on the files' content: TLS parts, JSON of docker configurations,
+// the size limit. It is idempotent.
+func (d *desired) render() error {
+	if d.data != nil {
+		return nil
+	}
+	fail := func(it dataItem, format string, args ...any) error {
+		return &FieldError{Field: d.field + it.sub + ".objectName", Secret: d.name, Reason: fmt.Sprintf(format, args...)}
+	}
+	data := make(map[string][]byte, len(d.items))
+	size := 0
+	for _, it := range d.items {
+		content := it.raw
+		switch {
+		case d.typ == corev1.SecretTypeTLS:
+			part, err := tlsPart(content, it.key)
+			if err != nil {
+				return fail(it, "file %q %v", it.file, err)
+			}
+			content = part
+		case d.typ == corev1.SecretTypeDockerConfigJson && it.key == corev1.DockerConfigJsonKey,
+			d.typ == corev1.SecretTypeDockercfg && it.key == corev1.DockerConfigKey:
+			if !json.Valid(content) { // json's own errors quote the content
+				return fail(it, "file %q is not valid JSON, which the %s key of a %s Secret must be", it.file, it.key, d.typ)
+			}
+		}
+		data[it.key] = content
+		size += len(content)
+	}
+	if size > corev1.MaxSecretSize {
+		return &FieldError{Field: d.field + ".data", Secret: d.name,
+			Reason: fmt.Sprintf("the Secret would hold %d bytes; Kubernetes takes at most %d", size, corev1.MaxSecretSize)}
+	}
+	d.data = data
+	return nil
+}
+
+// inputSum digests everything d is built from, each string and value
+// length-prefixed so that no two inputs share a digest by concatenation.
+func inputSum(d *desired) [sha256.Size]byte {
 	h := sha256.New()
 	writeString(h, d.name)
 	writeString(h, string(d.typ))
@@ -241,11 +263,13 @@ func contentSum(d *desired) [sha256.Size]byte {
 			writeString(h, m[k])
 		}
 	}
-	writeLen(h, len(d.data))
-	for _, k := range sortedKeys(d.data) {
-		writeString(h, k)
-		writeLen(h, len(d.data[k]))
-		h.Write(d.data[k])
+	items := slices.Clone(d.items)
+	slices.SortFunc(items, func(a, b dataItem) int { return strings.Compare(a.key, b.key) })
+	writeLen(h, len(items))
+	for _, it := range items {
+		writeString(h, it.key)
+		writeLen(h, len(it.raw))
+		h.Write(it.raw)
 	}
 	var sum [sha256.Size]byte
 	h.Sum(sum[:0])

@@ -86,6 +86,7 @@ func TestBuildUpstreamExamples(t *testing.T) {
 				got, errs := build([]spc.SecretObject{tc.obj}, files, DefaultTypes())
 				require.NoError(t, errors.Join(errs...))
 				d := got[0]
+				require.NoError(t, d.render())
 				assert.Equal(t, strings.TrimSpace(tc.obj.SecretName), d.name)
 				assert.Equal(t, tc.wantType, d.typ)
 				assert.Equal(t, tc.wantLabels, d.labels)
@@ -96,26 +97,29 @@ func TestBuildUpstreamExamples(t *testing.T) {
 	}
 }
 
-func TestContentSumChangesWithEveryField(t *testing.T) {
+func TestInputSumChangesWithEveryInput(t *testing.T) {
 	base := func() *desired {
 		return &desired{name: "s", typ: corev1.SecretTypeOpaque, labels: map[string]string{"a": "b"},
-			annotations: map[string]string{"c": "d"}, data: map[string][]byte{"k": []byte("v")}}
+			annotations: map[string]string{"c": "d"}, items: []dataItem{{key: "k", file: "f", raw: []byte("v")}, {key: "l", file: "f", raw: []byte("w")}}}
 	}
-	sum := contentSum(base())
-	assert.Equal(t, sum, contentSum(base()), "deterministic")
+	sum := inputSum(base())
+	assert.Equal(t, sum, inputSum(base()), "deterministic")
+	reordered := base()
+	reordered.items[0], reordered.items[1] = reordered.items[1], reordered.items[0]
+	assert.Equal(t, sum, inputSum(reordered), "the order of data[] does not matter")
 	for name, change := range map[string]func(*desired){
 		"name":          func(d *desired) { d.name = "t" },
 		"type":          func(d *desired) { d.typ = corev1.SecretTypeBasicAuth },
 		"label value":   func(d *desired) { d.labels["a"] = "c" },
 		"label moved":   func(d *desired) { d.labels = map[string]string{}; d.annotations["a"] = "b" },
 		"annotation":    func(d *desired) { d.annotations["c"] = "e" },
-		"data value":    func(d *desired) { d.data["k"] = []byte("w") },
-		"data key":      func(d *desired) { d.data = map[string][]byte{"kv": nil} },
-		"data boundary": func(d *desired) { d.data = map[string][]byte{"k": []byte("v"), "x": nil} },
+		"file content":  func(d *desired) { d.items[0].raw = []byte("x") },
+		"key":           func(d *desired) { d.items[0].key = "m" },
+		"data boundary": func(d *desired) { d.items[0].raw, d.items[1].raw = []byte("vw"), nil },
 	} {
 		d := base()
 		change(d)
-		assert.NotEqual(t, sum, contentSum(d), name)
+		assert.NotEqual(t, sum, inputSum(d), name)
 	}
 }
 
@@ -157,9 +161,13 @@ func TestBuildBadConfiguration(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, errs := build([]spc.SecretObject{tc.obj}, files, DefaultTypes())
-			assert.Nil(t, got[0])
+			err := errs[0]
+			if got[0] != nil { // settings fine: the files' content is checked when it is built
+				err = got[0].render()
+				assert.Nil(t, got[0].data)
+			}
 			var fe *FieldError
-			require.ErrorAs(t, errs[0], &fe)
+			require.ErrorAs(t, err, &fe)
 			assert.Equal(t, tc.field, fe.Field)
 			assert.Contains(t, fe.Error(), tc.message)
 			assert.True(t, strings.HasPrefix(fe.Error(), tc.field+": "), "the message starts with the field: %s", fe)
@@ -196,6 +204,7 @@ func TestBuildListsSomeMountedFiles(t *testing.T) {
 
 func TestBuildRefusesMoreThanASecretHolds(t *testing.T) {
 	files := map[string][]byte{"a": make([]byte, corev1.MaxSecretSize/2+1), "b": make([]byte, corev1.MaxSecretSize/2)}
-	_, errs := build([]spc.SecretObject{{SecretName: "s", Type: "Opaque", Data: data("a", "a", "b", "b")}}, files, DefaultTypes())
-	assert.EqualError(t, errs[0], "secretObjects[0].data: the Secret would hold 1048577 bytes; Kubernetes takes at most 1048576")
+	got, errs := build([]spc.SecretObject{{SecretName: "s", Type: "Opaque", Data: data("a", "a", "b", "b")}}, files, DefaultTypes())
+	require.NoError(t, errs[0])
+	assert.EqualError(t, got[0].render(), "secretObjects[0].data: the Secret would hold 1048577 bytes; Kubernetes takes at most 1048576")
 }

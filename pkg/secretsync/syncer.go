@@ -90,7 +90,7 @@ type secretKey struct{ namespace, name string }
 // "nothing known".
 type secretState struct {
 	mu sync.Mutex
-	// sum is the digest of the content last applied, at appliedAt.
+	// sum is the digest of the desired Secret last applied, at appliedAt.
 	sum       [sha256.Size]byte
 	appliedAt time.Time
 	// owners are the pods added as owners, and when.
@@ -149,15 +149,16 @@ func (s *Syncer) Sync(ctx context.Context, pod Pod, objects []spc.SecretObject, 
 		}
 		if applied || ownerAdded {
 			logger.V(2).Info("synced Secret", "secret", klog.KRef(pod.Namespace, d.name), "type", d.typ,
-				"keys", len(d.data), "applied", applied, "ownerAdded", ownerAdded)
+				"keys", len(d.items), "applied", applied, "ownerAdded", ownerAdded)
 		}
 	}
 	return errors.Join(errs...)
 }
 
-// write applies d unless this Syncer applied the same content less than
-// Resync ago, and adds pod as an owner unless it did so less than Resync
-// ago.
+// write applies d unless this Syncer applied it from the same settings and
+// files less than Resync ago, and adds pod as an owner unless it did so
+// less than Resync ago. It returns a *FieldError if d's files cannot make
+// its Secret, and a *WriteError if a request fails.
 func (s *Syncer) write(ctx context.Context, pod Pod, d *desired) (applied, ownerAdded bool, err error) {
 	st := s.state(secretKey{pod.Namespace, d.name})
 	st.mu.Lock()
@@ -172,6 +173,9 @@ func (s *Syncer) write(ctx context.Context, pod Pod, d *desired) (applied, owner
 
 	apply := func() error {
 		st.appliedAt = time.Time{}
+		if err := d.render(); err != nil {
+			return err
+		}
 		if err := s.apply(ctx, pod.Namespace, d); err != nil {
 			return s.writeError(pod, d, "apply", err)
 		}
