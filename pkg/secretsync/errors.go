@@ -25,7 +25,8 @@ type WriteError struct {
 	Field string
 	// Namespace and Secret name the Secret.
 	Namespace, Secret string
-	// Op is what failed: "apply" (the Secret's content) or "add owner".
+	// Op is what failed: "apply" (the Secret's content), "add owner", or
+	// "wait for another sync of the Secret" (the context ended first).
 	Op string
 	// Err is the client's error (an *apierrors.StatusError when the API
 	// server answered).

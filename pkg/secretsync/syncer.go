@@ -89,7 +89,9 @@ type secretKey struct{ namespace, name string }
 // secretState is what a Syncer remembers of one Secret. Its zero value is
 // "nothing known".
 type secretState struct {
-	mu sync.Mutex
+	// lock, a channel of capacity one, serialises syncs of the Secret; a
+	// sync whose context ends while it waits leaves.
+	lock chan struct{}
 	// sum is the digest of the desired Secret last applied, at appliedAt.
 	sum       [sha256.Size]byte
 	appliedAt time.Time
@@ -161,8 +163,12 @@ func (s *Syncer) Sync(ctx context.Context, pod Pod, objects []spc.SecretObject, 
 // its Secret, and a *WriteError if a request fails.
 func (s *Syncer) write(ctx context.Context, pod Pod, d *desired) (applied, ownerAdded bool, err error) {
 	st := s.state(secretKey{pod.Namespace, d.name})
-	st.mu.Lock()
-	defer st.mu.Unlock()
+	select {
+	case st.lock <- struct{}{}:
+		defer func() { <-st.lock }()
+	case <-ctx.Done():
+		return false, false, s.writeError(pod, d, "wait for another sync of the Secret", ctx.Err())
+	}
 	now := s.opts.Clock.Now()
 	fresh := func(t time.Time) bool { return !t.IsZero() && now.Sub(t) < s.opts.Resync }
 	for uid, at := range st.owners {
@@ -252,18 +258,22 @@ func (s *Syncer) state(key secretKey) *secretState {
 	if now.Sub(s.lastSweep) >= s.opts.Resync {
 		s.lastSweep = now
 		for k, st := range s.secrets {
-			if k == key || !st.mu.TryLock() {
+			if k == key {
 				continue
 			}
-			if s.stale(st, now) {
-				delete(s.secrets, k)
+			select {
+			case st.lock <- struct{}{}: // not in use
+				if s.stale(st, now) {
+					delete(s.secrets, k)
+				}
+				<-st.lock
+			default:
 			}
-			st.mu.Unlock()
 		}
 	}
 	st, ok := s.secrets[key]
 	if !ok {
-		st = &secretState{owners: map[types.UID]time.Time{}}
+		st = &secretState{lock: make(chan struct{}, 1), owners: map[types.UID]time.Time{}}
 		s.secrets[key] = st
 	}
 	return st

@@ -195,6 +195,36 @@ func TestSyncOfOneSecretFromManyPublishesAppliesOnce(t *testing.T) {
 	assert.Len(t, owners(f.secret(t)), pods)
 }
 
+func TestSyncWaitingForAnotherSyncLeavesWithItsContext(t *testing.T) {
+	f := newSyncFixture(t)
+	files := map[string][]byte{"secretalias": []byte("v1")}
+	entered, release := make(chan struct{}), make(chan struct{})
+	f.cs.PrependReactor("patch", "secrets", func(clienttesting.Action) (bool, runtime.Object, error) {
+		select {
+		case entered <- struct{}{}: // the first request hangs until released
+			<-release
+		default:
+		}
+		return false, nil, nil
+	})
+	first := make(chan error, 1)
+	go func() { first <- f.syncer.Sync(context.Background(), testPod(0), syncClass, files) }()
+	<-entered
+
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	err := f.syncer.Sync(ctx, testPod(1), syncClass, files)
+	var we *WriteError
+	require.ErrorAs(t, err, &we)
+	assert.Equal(t, "wait for another sync of the Secret", we.Op)
+	assert.ErrorIs(t, err, context.Canceled)
+
+	close(release)
+	require.NoError(t, <-first)
+	require.NoError(t, f.syncer.Sync(context.Background(), testPod(1), syncClass, files))
+	assert.ElementsMatch(t, []string{"Pod/web-0/uid-0", "Pod/web-1/uid-1"}, owners(f.secret(t)))
+}
+
 func TestSyncForgetsSecretsNothingSyncs(t *testing.T) {
 	f := newSyncFixture(t)
 	ctx := context.Background()
