@@ -59,10 +59,12 @@ type Pod struct {
 type Options struct {
 	// FieldManager names kvdriver in the Secrets' managedFields; default
 	// DefaultFieldManager. Every kvdriver of a cluster must use the same
-	// one, or their applies conflict.
+	// one: under different names each write would take the fields over
+	// from the other nodes, and a key a class drops would stay, still
+	// owned by them.
 	FieldManager string
-	// Types are the Secret types to sync; default DefaultTypes(). They must be
-	// the chart's syncSecret.types, which the admission policy enforces.
+	// Types are the Secret types to sync; default DefaultTypes(). They must
+	// be the chart's syncSecret.types, which the admission policy enforces.
 	Types []corev1.SecretType
 	// Resync bounds how long a Syncer trusts that a Secret it applied is
 	// still as it wrote it, and that a pod it added is still an owner,
@@ -86,8 +88,8 @@ type Syncer struct {
 
 type secretKey struct{ namespace, name string }
 
-// secretState is what a Syncer remembers of one Secret. Its zero value is
-// "nothing known".
+// secretState is what a Syncer remembers of one Secret; a new one knows
+// nothing.
 type secretState struct {
 	// lock, a channel of capacity one, serialises syncs of the Secret; a
 	// sync whose context ends while it waits leaves.
