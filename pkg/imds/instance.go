@@ -95,6 +95,9 @@ func (s *Server) serveInstance(w http.ResponseWriter, r *http.Request, path, raw
 	if ct := resp.Header.Get("Content-Type"); ct != "" {
 		w.Header().Set("Content-Type", ct)
 	}
+	if resp.StatusCode != http.StatusOK {
+		w.Header()["Connection"] = s.connClose
+	}
 	w.WriteHeader(resp.StatusCode)
 	_, _ = w.Write(body)
 	return resp.StatusCode

@@ -101,7 +101,7 @@ type Server struct {
 	// bufs holds response buffers (*[]byte) for reuse.
 	bufs sync.Pool
 	// Header values, shared by every response and never modified.
-	ctJSON, ctText, allowGet, retryAfter []string
+	ctJSON, ctText, allowGet, retryAfter, connClose []string
 }
 
 var _ http.Handler = (*Server)(nil)
@@ -143,6 +143,7 @@ func New(cfg Config) (*Server, error) {
 		ctText:     []string{"text/plain; charset=utf-8"},
 		allowGet:   []string{http.MethodGet},
 		retryAfter: []string{"1"},
+		connClose:  []string{"close"},
 	}
 	s.bufs.New = func() any { b := make([]byte, 0, 4096); return &b }
 	return s, nil
@@ -178,6 +179,7 @@ func (s *Server) Restrict(routes ...string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		path, _, _ := strings.Cut(r.RequestURI, "?")
 		if !allowed[path] && !(allowed[InstancePath] && isInstancePath(path)) {
+			s.closeIfFramed(w, r)
 			start := s.now()
 			status := s.writeError(w, &requestError{status: http.StatusNotFound, code: "not_found", desc: descNotFound})
 			s.metrics.observe(epUnknown, status, s.now().Sub(start))
@@ -190,6 +192,7 @@ func (s *Server) Restrict(routes ...string) http.Handler {
 // ServeHTTP routes a request on its raw request target.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := s.now()
+	s.closeIfFramed(w, r)
 	path, rawQuery, _ := strings.Cut(r.RequestURI, "?")
 	var (
 		ep     endpoint
@@ -216,6 +219,23 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.metrics.observe(ep, status, s.now().Sub(start))
 }
 
+// closeIfFramed makes the answer to r the connection's last when r came
+// with a body or with framing that could be read two ways. RFC 9112 section
+// 6.1 says a server must close the connection after a request with both
+// Content-Length and Transfer-Encoding, and section 6.3 the same for an
+// HTTP/1.0 request with Transfer-Encoding. net/http drops the losing header
+// before the handler runs (Content-Length for a chunked HTTP/1.1 request,
+// Transfer-Encoding for HTTP/1.0) and would then read on, so nmi closes
+// after every request that has a body at all (no endpoint takes one) and
+// after every HTTP/1.0 request. Refusals close the connection in
+// writeError. Either way nothing that follows on the wire is ever parsed
+// as another request.
+func (s *Server) closeIfFramed(w http.ResponseWriter, r *http.Request) {
+	if r.ContentLength != 0 || len(r.TransferEncoding) > 0 || !r.ProtoAtLeast(1, 1) {
+		w.Header()["Connection"] = s.connClose
+	}
+}
+
 // serveHealth answers /healthz (check nil) and /readyz.
 func (s *Server) serveHealth(w http.ResponseWriter, r *http.Request, check func() error) int {
 	if r.Method != http.MethodGet {
@@ -226,6 +246,7 @@ func (s *Server) serveHealth(w http.ResponseWriter, r *http.Request, check func(
 		if err := check(); err != nil {
 			klog.FromContext(r.Context()).V(2).Info("not ready", "err", err)
 			status, body = http.StatusServiceUnavailable, "not ready\n"
+			w.Header()["Connection"] = s.connClose
 		}
 	}
 	w.Header()["Content-Type"] = s.ctText
@@ -246,10 +267,14 @@ func methodNotAllowed() *requestError {
 	return &requestError{status: http.StatusMethodNotAllowed, code: "invalid_request", desc: descOnlyGet}
 }
 
-// writeError answers e in IMDS's error shape and returns its status.
+// writeError answers e in IMDS's error shape and returns its status. A
+// refusal is the connection's last answer: the server closes it, so that a
+// request that was refused for its framing, method or headers cannot leave
+// bytes behind that are then read as the next request.
 func (s *Server) writeError(w http.ResponseWriter, e *requestError) int {
 	h := w.Header()
 	h["Content-Type"] = s.ctJSON
+	h["Connection"] = s.connClose
 	switch e.status {
 	case http.StatusMethodNotAllowed:
 		h["Allow"] = s.allowGet
