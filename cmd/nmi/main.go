@@ -220,6 +220,7 @@ func run(args []string) error {
 	}
 	srv, err := imds.New(imds.Config{
 		Pods: pods, Bindings: binds, Tokens: tokens, Registry: reg, CacheStats: tokens.Stats, Instance: instance,
+		Synced: func() bool { return pods.HasSynced() && binds.HasSynced() },
 		Ready: func() error {
 			switch {
 			case !pods.HasSynced():
@@ -268,8 +269,10 @@ func run(args []string) error {
 		"antiSpoofing", cfg.AntiSpoofing, "version", version.Version)
 
 	g, gctx := errgroup.WithContext(ctx)
-	// The rules go in at once, before the informers sync: until then pods
-	// get 404 (which IMDS clients retry) instead of reaching the node's IMDS.
+	// The rules go in at once, before the informers sync: until every
+	// informer has synced pods get 503 with Retry-After (which IMDS clients
+	// retry) instead of reaching the node's IMDS or being refused from a
+	// partial view.
 	g.Go(func() error { rules.Run(gctx, cfg.ReconcileInterval); return nil })
 	if cfg.AntiSpoofing {
 		g.Go(func() error { return watchPodRoutes(gctx, rules, cfg.ReconcileInterval) })

@@ -31,7 +31,10 @@
 // source address (404 if none: IMDS clients retry 404, which covers a pod
 // whose address the index has not seen yet), its bound identities are
 // listed, the requested one must be among them (403, without naming any
-// other), and the token comes from the TokenSource.
+// other), and the token comes from the TokenSource. Until the pod index
+// and the bindings have synced (Config.Synced), a request that passed the
+// checks is answered 503 with Retry-After instead of looking anything up:
+// a view of the cluster that is still filling in would refuse bound pods.
 package imds
 
 import (
@@ -68,8 +71,14 @@ type Config struct {
 	// Tokens serves tokens, normally CacheTokens. Required.
 	Tokens TokenSource
 	// Ready reports whether the server may take traffic (informers synced,
-	// iptables rules installed); nil is always ready.
+	// iptables rules installed), for /readyz; nil is always ready.
 	Ready func() error
+	// Synced reports whether Pods and Bindings hold the cluster's state:
+	// every informer's initial list applied. Until it does, token requests
+	// that pass validation are answered 503 with Retry-After, which every
+	// IMDS client retries, rather than 404 or 403 from a partial view (the
+	// Azure SDKs never retry 403). nil is always synced.
+	Synced func() bool
 	// Registry receives the server's metrics and is served on /metrics;
 	// nil uses a private registry.
 	Registry *prometheus.Registry
@@ -92,6 +101,7 @@ type Server struct {
 	bindings  Bindings
 	tokens    TokenSource
 	ready     func() error
+	synced    func() bool
 	hostAddrs []netip.Addr
 	instance  *InstanceProxy
 	now       func() time.Time
@@ -119,6 +129,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Ready == nil {
 		cfg.Ready = func() error { return nil }
 	}
+	if cfg.Synced == nil {
+		cfg.Synced = func() bool { return true }
+	}
 	if cfg.Registry == nil {
 		cfg.Registry = prometheus.NewRegistry()
 	}
@@ -134,6 +147,7 @@ func New(cfg Config) (*Server, error) {
 		bindings:   cfg.Bindings,
 		tokens:     cfg.Tokens,
 		ready:      cfg.Ready,
+		synced:     cfg.Synced,
 		hostAddrs:  append([]netip.Addr(nil), cfg.HostAddrs...),
 		instance:   cfg.Instance,
 		now:        cfg.Now,
@@ -278,7 +292,7 @@ func (s *Server) writeError(w http.ResponseWriter, e *requestError) int {
 	switch e.status {
 	case http.StatusMethodNotAllowed:
 		h["Allow"] = s.allowGet
-	case http.StatusTooManyRequests:
+	case http.StatusTooManyRequests, http.StatusServiceUnavailable:
 		h["Retry-After"] = s.retryAfter
 	}
 	w.WriteHeader(e.status)

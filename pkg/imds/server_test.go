@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -233,6 +234,53 @@ func TestReadyz(t *testing.T) {
 	status, _, body = rawRequest(t, addr, get("/readyz"))
 	assert.Equal(t, http.StatusOK, status)
 	assert.Equal(t, "ok\n", body)
+}
+
+// TestNotSyncedIsRetryable: until the pod index and bindings have synced,
+// a bound pod, an unbound pod and an address of no pod all get 503 with
+// Retry-After (retried by every IMDS client), never 403 or 404 from a
+// partial view; requests that are wrong whatever the view keep their
+// answers. Once synced, the same requests get their real answers.
+func TestNotSyncedIsRetryable(t *testing.T) {
+	var synced atomic.Bool
+	w := newTestWorld(t, nil)
+	srv, err := New(Config{Pods: w.srv.pods, Bindings: w.srv.bindings, Tokens: w.tokens, Now: w.srv.now, Synced: synced.Load})
+	require.NoError(t, err)
+	w.srv = srv
+	addrs := w.serve(t, podIP, unboundIP, strangerIP, "")
+	tok := get(TokenPath+"?"+goodQuery, md)
+	host := get("/host/token/?resource=https%3A%2F%2Fvault.azure.net", "podns: default", "podname: app")
+	const starting = `{"error":"service_unavailable","error_description":"nmi is starting and has not read the node's pods and identity bindings yet; retry"}`
+
+	for _, tc := range []struct {
+		name, from, req string
+		synced          bool
+		status          int
+		body            string
+	}{
+		{"bound pod", podIP, tok, false, 503, starting},
+		{"unbound pod", unboundIP, tok, false, 503, starting},
+		{"no pod at the address", strangerIP, tok, false, 503, starting},
+		{"host token", "", host, false, 503, starting},
+		{"no Metadata header", podIP, get(TokenPath + "?" + goodQuery), false, 400, bodyNoMetadata},
+		{"unknown path", podIP, get("/metadata/identity/oauth2/token/?"+goodQuery, md), false, 404, bodyNotFound},
+		{"bound pod, synced", podIP, tok, true, 200, tokenBody(idA)},
+		{"unbound pod, synced", unboundIP, tok, true, 403, bodyNoneBound},
+		{"no pod at the address, synced", strangerIP, tok, true, 404, bodyNoPod},
+		{"host token, synced", "", host, true, 200, `{"token":` + tokenBody(idA) + `,"clientid":"` + idA.ClientID + `"}`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synced.Store(tc.synced)
+			before := w.tokens.calls.Load()
+			status, hdr, body := rawRequest(t, addrs[tc.from], tc.req)
+			assert.Equal(t, tc.status, status)
+			assert.Equal(t, tc.body, body)
+			if status == http.StatusServiceUnavailable {
+				assert.Equal(t, "1", hdr.Get("Retry-After"))
+				assert.Equal(t, before, w.tokens.calls.Load(), "nothing is looked up before the informers synced")
+			}
+		})
+	}
 }
 
 // TestHostAddrs: an address configured as the node's is served on

@@ -31,6 +31,9 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, rawQuery str
 	if rerr != nil {
 		return s.writeError(w, rerr)
 	}
+	if !s.synced() {
+		return s.writeError(w, notSynced())
+	}
 	ip, ok := sourceAddr(r)
 	if !ok {
 		return s.writeError(w, &requestError{status: http.StatusNotFound, code: "not_found", desc: "The request's source address is not a pod on this node"})
@@ -67,11 +70,22 @@ func (s *Server) serveHostToken(w http.ResponseWriter, r *http.Request, rawQuery
 	if len(ns) != 1 || len(name) != 1 || ns[0] == "" || name[0] == "" {
 		return s.writeError(w, badRequest("Required headers 'podns' and 'podname' not specified"))
 	}
+	if !s.synced() {
+		return s.writeError(w, notSynced())
+	}
 	pod, ok := s.pods.PodByName(ns[0], name[0])
 	if !ok {
 		return s.writeError(w, &requestError{status: http.StatusNotFound, code: "not_found", desc: "No such pod on this node"})
 	}
 	return s.answerToken(r.Context(), w, pod, &q, true)
+}
+
+// notSynced is the answer while nmi's view of the node's pods and bindings
+// is still being listed: retryable, like IMDS's own answers while it is
+// updating.
+func notSynced() *requestError {
+	return &requestError{status: http.StatusServiceUnavailable, code: "service_unavailable",
+		desc: "nmi is starting and has not read the node's pods and identity bindings yet; retry"}
 }
 
 // answerToken selects the pod's identity and answers with its token.

@@ -398,9 +398,11 @@ func curlInPod(t *testing.T, p *nmiPod, from string) (int, string) {
 
 // nmiProcess is a running nmi.
 type nmiProcess struct {
+	argv    []string // its command line, for restarts
+	env     []string
 	cmd     *exec.Cmd
-	logs    *syncBuffer
-	host    string // its node-only listener
+	logs    *syncBuffer // every run's output, in order
+	host    string      // its node-only listener
 	done    chan error
 	stopped bool
 }
@@ -418,18 +420,15 @@ func startNMI(t testing.TB, cp *controlplane.ControlPlane, emu *emulator.Emulato
 	kubeconfig, err := cp.WriteKubeconfig(dir, installChartRBAC(t, cp, "nmi"))
 	require.NoError(t, err)
 	host := freeLoopbackAddr(t)
-	n := &nmiProcess{logs: &syncBuffer{}, host: host, done: make(chan error, 1)}
-	n.cmd = exec.Command(testenv.Binary(t, "nmi"), append([]string{
+	n := &nmiProcess{logs: &syncBuffer{}, host: host}
+	n.argv = append([]string{
 		"--node-name", nmiNodeName, "--kubeconfig", kubeconfig,
 		"--listen-addr", net.JoinHostPort(nmiAddr, strconv.Itoa(nmiPort)), "--host-addr", host,
-		"--default-tenant-id", nmiTenant, "--reconcile-interval", "5s", "-v", "4"}, args...)...)
+		"--default-tenant-id", nmiTenant, "--reconcile-interval", "5s", "-v", "4"}, args...)
 	// The emulator's proxy settings reach nmi's upstream calls (IMDS and
 	// Entra ID); the loopback API server is dialled directly.
-	n.cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir}, emu.Env()...)
-	n.cmd.Stdout, n.cmd.Stderr = n.logs, n.logs
-	n.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	require.NoError(t, n.cmd.Start())
-	go func() { n.done <- n.cmd.Wait() }()
+	n.env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir}, emu.Env()...)
+	n.launch(t)
 	t.Cleanup(func() {
 		n.stop(t)
 		if t.Failed() {
@@ -441,6 +440,18 @@ func startNMI(t testing.TB, cp *controlplane.ControlPlane, emu *emulator.Emulato
 		}
 	})
 	return n
+}
+
+// launch starts the nmi process.
+func (n *nmiProcess) launch(t testing.TB) {
+	t.Helper()
+	n.cmd = exec.Command(testenv.Binary(t, "nmi"), n.argv...)
+	n.cmd.Env = n.env
+	n.cmd.Stdout, n.cmd.Stderr = n.logs, n.logs
+	n.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	require.NoError(t, n.cmd.Start())
+	n.done, n.stopped = make(chan error, 1), false
+	go func(cmd *exec.Cmd, done chan<- error) { done <- cmd.Wait() }(n.cmd, n.done)
 }
 
 // stop sends SIGTERM and waits for nmi to remove its rules and exit.
