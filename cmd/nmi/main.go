@@ -275,7 +275,7 @@ func run(args []string) error {
 	// partial view.
 	g.Go(func() error { rules.Run(gctx, cfg.ReconcileInterval); return nil })
 	if cfg.AntiSpoofing {
-		g.Go(func() error { return watchPodRoutes(gctx, rules, cfg.ReconcileInterval) })
+		g.Go(func() error { return interception.WatchPodRoutes(gctx, rules, cfg.ReconcileInterval) })
 	}
 	g.Go(func() error { return serve(gctx, podSrv, podLn) })
 	g.Go(func() error { return serve(gctx, nodeSrv, nodeLn) })

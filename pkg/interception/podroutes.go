@@ -1,4 +1,4 @@
-package main
+package interception
 
 import (
 	"context"
@@ -11,11 +11,9 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
-
-	"github.com/kvnode/kvnode/pkg/interception"
 )
 
-// watchPodRoutes feeds the anti-spoofing rules with the node's pod
+// WatchPodRoutes feeds the anti-spoofing rules with the node's pod
 // interfaces, learnt from its routing table: in routed CNI layouts (Calico,
 // Cilium in routed mode, Azure CNI transparent mode, kindnet, ptp) each pod
 // address is an IPv4 /32 route through the pod's own host-side veth. Routes
@@ -26,7 +24,7 @@ import (
 // The routing table rather than the pod informer: it names the interface,
 // which the API server does not know, and it changes the moment the CNI
 // wires a pod, before the pod's address is even reported.
-func watchPodRoutes(ctx context.Context, rules *interception.Interceptor, resync time.Duration) error {
+func WatchPodRoutes(ctx context.Context, rules *Interceptor, resync time.Duration) error {
 	logger := klog.FromContext(ctx)
 	updates := make(chan netlink.RouteUpdate, 64)
 	done := make(chan struct{})
@@ -42,9 +40,9 @@ func watchPodRoutes(ctx context.Context, rules *interception.Interceptor, resync
 	}
 	tick := time.NewTicker(resync)
 	defer tick.Stop()
-	var last []interception.PodInterface
+	var last []PodInterface
 	for {
-		pods, err := podInterfaces()
+		pods, err := PodInterfaces()
 		if err != nil {
 			logger.Error(err, "List pod routes")
 		} else if !slices.EqualFunc(pods, last, samePodInterface) {
@@ -83,14 +81,14 @@ func drain(updates <-chan netlink.RouteUpdate, quiet time.Duration) {
 	}
 }
 
-// podInterfaces lists the IPv4 /32 routes of the main table that go
+// PodInterfaces lists the IPv4 /32 routes of the main table that go
 // through a veth, by interface, sorted.
-func podInterfaces() ([]interception.PodInterface, error) {
+func PodInterfaces() ([]PodInterface, error) {
 	routes, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
 	if err != nil {
 		return nil, err
 	}
-	byIndex := map[int]*interception.PodInterface{}
+	byIndex := map[int]*PodInterface{}
 	veth := map[int]bool{}
 	for _, r := range routes {
 		if r.Dst == nil || r.LinkIndex <= 0 || r.Gw != nil {
@@ -109,7 +107,7 @@ func podInterfaces() ([]interception.PodInterface, error) {
 			isVeth = err == nil && link.Type() == "veth"
 			veth[r.LinkIndex] = isVeth
 			if isVeth {
-				byIndex[r.LinkIndex] = &interception.PodInterface{Interface: link.Attrs().Name}
+				byIndex[r.LinkIndex] = &PodInterface{Interface: link.Attrs().Name}
 			}
 		}
 		if isVeth {
@@ -117,15 +115,15 @@ func podInterfaces() ([]interception.PodInterface, error) {
 			p.IPs = append(p.IPs, ip)
 		}
 	}
-	out := make([]interception.PodInterface, 0, len(byIndex))
+	out := make([]PodInterface, 0, len(byIndex))
 	for _, p := range byIndex {
 		slices.SortFunc(p.IPs, netip.Addr.Compare)
 		out = append(out, *p)
 	}
-	slices.SortFunc(out, func(a, b interception.PodInterface) int { return strings.Compare(a.Interface, b.Interface) })
+	slices.SortFunc(out, func(a, b PodInterface) int { return strings.Compare(a.Interface, b.Interface) })
 	return out, nil
 }
 
-func samePodInterface(a, b interception.PodInterface) bool {
+func samePodInterface(a, b PodInterface) bool {
 	return a.Interface == b.Interface && slices.Equal(a.IPs, b.IPs)
 }
