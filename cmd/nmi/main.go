@@ -8,8 +8,10 @@
 // workload identities.
 //
 // It serves two listeners: --listen-addr, the DNAT target pods reach, with
-// only the IMDS token path; and --host-addr on loopback, with /host/token/
-// for kvdriver, /healthz, /readyz and /metrics, which no pod can reach.
+// only the IMDS token path, accepting only connections its nat rule
+// intercepted from a pod's interface (interception.Listener); and
+// --host-addr on loopback, with /host/token/ for kvdriver, /healthz,
+// /readyz and /metrics, which no pod can reach.
 // With --pprof-addr (off by default) a third loopback listener serves
 // net/http/pprof's /debug/pprof/ for profiling.
 package main
@@ -59,8 +61,12 @@ type Config struct {
 	SkipAzureIdentities bool
 	ReconcileInterval   time.Duration
 	AntiSpoofing        bool
-	PodInterfacePrefix  string
-	PodCIDR             netip.Prefix
+	// RequirePodRoute serves a connection only when the node's route back
+	// to its source is a /32 through a pod's veth, and a pod's address only
+	// through the veth that carries it (routed CNIs).
+	RequirePodRoute    bool
+	PodInterfacePrefix string
+	PodCIDR            netip.Prefix
 	// PprofAddr serves /debug/pprof/ when valid; the zero value is off.
 	PprofAddr netip.AddrPort
 	// ProxyInstanceMetadata forwards pods' /metadata/instance requests to
@@ -107,6 +113,7 @@ func parseFlags(args []string) (Config, bool, error) {
 	fs.BoolVar(&cfg.SkipAzureIdentities, "skip-azure-identities", false, "do not watch aad-pod-identity's AzureIdentity and AzureIdentityBinding (for clusters without those CRDs)")
 	fs.DurationVar(&cfg.ReconcileInterval, "reconcile-interval", 30*time.Second, "how often the iptables rules are checked and repaired")
 	fs.BoolVar(&cfg.AntiSpoofing, "anti-spoofing", true, "drop packets from a pod's veth whose source is not that pod's address (routed CNIs: a /32 route per pod through a veth)")
+	fs.BoolVar(&cfg.RequirePodRoute, "require-pod-route", true, "serve a connection only when the node's route back to its source is that address's own /32 through a veth (a pod interface), and a pod's address only through the veth that carries it (routed CNIs); false on bridge layouts (CNI bridge, kubenet), where pods are found by source address alone")
 	fs.StringVar(&cfg.PodInterfacePrefix, "pod-interface-prefix", "", "intercept only packets entering through interfaces with this name prefix (e.g. cali, azv); default every interface but lo")
 	fs.StringVar(&podCIDR, "pod-cidr", "", "intercept only packets whose source is in this IPv4 CIDR; default any source")
 	fs.StringVar(&pprofAddr, "pprof-addr", "", "loopback address:port to serve net/http/pprof's /debug/pprof/ on; empty: off")
@@ -187,7 +194,21 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	pods, err := podindex.New(client, cfg.NodeName)
+	// With routed pods, a pod's address is served only through the veth
+	// that carries it; the listener refuses connections from any other.
+	var (
+		routes *interception.PodRoutes
+		links  podindex.Links
+	)
+	if cfg.RequirePodRoute {
+		if routes, err = interception.NewPodRoutes(interception.PodRoutesConfig{
+			InterfacePrefix: cfg.PodInterfacePrefix, Source: cfg.ListenAddr.Addr()}); err != nil {
+			return err
+		}
+		defer routes.Close()
+		links = routes
+	}
+	pods, err := podindex.New(client, cfg.NodeName, links)
 	if err != nil {
 		return err
 	}
@@ -240,10 +261,12 @@ func run(args []string) error {
 	podSrv.Handler = srv.Restrict(podRoutes...)
 	nodeSrv := srv.HTTPServer(cfg.HostAddr.String())
 	nodeSrv.Handler = srv.Restrict(imds.HostTokenPath, imds.HealthzPath, imds.ReadyzPath, imds.MetricsPath)
-	podLn, err := net.Listen("tcp4", podSrv.Addr)
+	rawPodLn, err := net.Listen("tcp4", podSrv.Addr)
 	if err != nil {
 		return err
 	}
+	podLn := interception.NewListener(rawPodLn, routes)
+	reg.MustRegister(podLn.Collector())
 	nodeLn, err := net.Listen("tcp", nodeSrv.Addr)
 	if err != nil {
 		podLn.Close()
@@ -266,7 +289,7 @@ func run(args []string) error {
 	pods.Start(ctx)
 	binds.Start(ctx)
 	klog.InfoS("nmi serving", "pods", cfg.ListenAddr, "node", cfg.HostAddr, "nodeName", cfg.NodeName,
-		"antiSpoofing", cfg.AntiSpoofing, "version", version.Version)
+		"antiSpoofing", cfg.AntiSpoofing, "requirePodRoute", cfg.RequirePodRoute, "version", version.Version)
 
 	g, gctx := errgroup.WithContext(ctx)
 	// The rules go in at once, before the informers sync: until every

@@ -40,7 +40,7 @@ func (f *fakePods) add(ip string, p Pod) {
 	f.byName[p.Namespace+"/"+p.Name] = p
 }
 
-func (f *fakePods) PodByIP(ip netip.Addr) (Pod, bool) { p, ok := f.byIP[ip]; return p, ok }
+func (f *fakePods) PodByIP(ip netip.Addr, _ int) (Pod, bool) { p, ok := f.byIP[ip]; return p, ok }
 func (f *fakePods) PodByName(ns, name string) (Pod, bool) {
 	p, ok := f.byName[ns+"/"+name]
 	return p, ok

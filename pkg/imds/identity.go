@@ -26,10 +26,20 @@ type Pod struct {
 // Host-network pods share the node's address and must not be returned by
 // PodByIP.
 type PodFinder interface {
-	// PodByIP returns the pod that owns a source address.
-	PodByIP(ip netip.Addr) (Pod, bool)
+	// PodByIP returns the pod that owns source address ip for a connection
+	// that came through the pod interface with index link (from a
+	// connection that implements PodLinker; 0 when the listener does not
+	// tell interfaces apart).
+	PodByIP(ip netip.Addr, link int) (Pod, bool)
 	// PodByName returns a pod by namespace and name (for /host/token/).
 	PodByName(namespace, name string) (Pod, bool)
+}
+
+// PodLinker is implemented by connections whose listener knows the pod
+// interface they came through (interception.PodConn); Server.HTTPServer
+// hands the index to PodFinder.PodByIP.
+type PodLinker interface {
+	PodLink() int
 }
 
 // Bindings says which identities a pod may use.

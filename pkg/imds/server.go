@@ -38,6 +38,7 @@
 package imds
 
 import (
+	"context"
 	"errors"
 	"net"
 	"net/http"
@@ -164,9 +165,10 @@ func New(cfg Config) (*Server, error) {
 }
 
 // HTTPServer returns an http.Server for s on addr with the settings nmi
-// needs: timeouts, a small header limit, and no built-in "OPTIONS *"
-// answer (everything goes through ServeHTTP). Its write timeout outlasts
-// tokencache's default upstream timeout.
+// needs: timeouts, a small header limit, no built-in "OPTIONS *" answer
+// (everything goes through ServeHTTP), and the pod interface of connections
+// that implement PodLinker passed on to PodFinder.PodByIP. Its write
+// timeout outlasts tokencache's default upstream timeout.
 func (s *Server) HTTPServer(addr string) *http.Server {
 	return &http.Server{
 		Addr:                         addr,
@@ -177,7 +179,23 @@ func (s *Server) HTTPServer(addr string) *http.Server {
 		IdleTimeout:                  90 * time.Second,
 		MaxHeaderBytes:               16 << 10,
 		DisableGeneralOptionsHandler: true,
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			if pl, ok := c.(PodLinker); ok {
+				return context.WithValue(ctx, podLinkKey{}, pl.PodLink())
+			}
+			return ctx
+		},
 	}
+}
+
+// podLinkKey is the context key of a connection's pod interface index.
+type podLinkKey struct{}
+
+// podLink returns the pod interface index of the connection r came on, 0
+// when its listener does not know.
+func podLink(r *http.Request) int {
+	link, _ := r.Context().Value(podLinkKey{}).(int)
+	return link
 }
 
 // Restrict returns a handler that serves only the named routes (TokenPath,

@@ -38,7 +38,7 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, rawQuery str
 	if !ok {
 		return s.writeError(w, &requestError{status: http.StatusNotFound, code: "not_found", desc: "The request's source address is not a pod on this node"})
 	}
-	pod, ok := s.pods.PodByIP(ip)
+	pod, ok := s.pods.PodByIP(ip, podLink(r))
 	if !ok {
 		klog.FromContext(r.Context()).V(2).Info("token request from an address that is no pod on this node", "source", ip)
 		return s.writeError(w, &requestError{status: http.StatusNotFound, code: "not_found", desc: "The request's source address is not a pod on this node"})

@@ -21,7 +21,7 @@ func BenchmarkPodByIP(b *testing.B) {
 	b.RunParallel(func(pb *testing.PB) {
 		i := 0
 		for pb.Next() {
-			if _, ok := ix.PodByIP(addrs[i%len(addrs)]); !ok {
+			if _, ok := ix.PodByIP(addrs[i%len(addrs)], 0); !ok {
 				b.Fatal("not found")
 			}
 			i++

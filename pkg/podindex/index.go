@@ -5,12 +5,29 @@
 //
 // Address ownership follows the node's churn. Every pod that lists an address
 // in status.podIPs claims it; host-network pods (they share the node's
-// address) and pods in a terminal phase claim nothing. When two pods claim
+// address), pods in a terminal phase and pods whose sandbox kubelet reports
+// gone (PodReadyToStartContainers False) claim nothing. When two pods claim
 // one address, because a new pod inherited the address of a pod whose
 // deletion the informer has not delivered yet, the claim that is not from a
 // terminating pod wins, and among those the most recent claim. Claims are
 // keyed by pod UID and removed only by their own pod's events, so a late
 // update or delete of the old pod never takes the address from the new one.
+//
+// With Links (routed pod networks), a claim is also tied to the pod
+// interface that carries the address, and an address is served only to
+// connections that came through that interface (imds.PodFinder's link):
+//
+//   - A pod that is not terminating follows its interface: every event of
+//     the pod looks the interface up again, so a pod that kubelet gives a
+//     new sandbox with the same address (pinned addresses) is served again
+//     once kubelet reports it.
+//   - A terminating pod is pinned to the interface it had when nmi first saw
+//     it terminating (kubelet never gives a terminating pod a new sandbox).
+//     Once its veth is gone nothing can reach nmi through it: a new sandbox
+//     given the address, whose Pod has not reported it yet, comes through a
+//     new veth and is not served the old pod's identity, and neither is a
+//     host that uses the address from the node's network (which
+//     interception.Listener refuses before any request).
 package podindex
 
 import (
@@ -35,10 +52,19 @@ import (
 
 var _ imds.PodFinder = (*Index)(nil)
 
+// Links tells which pod interface carries an address now;
+// interception.PodRoutes is the implementation.
+type Links interface {
+	// PodLink returns the index of the pod interface that carries ip, or
+	// false when none does.
+	PodLink(ip netip.Addr) (int, bool)
+}
+
 // Index is an imds.PodFinder for the pods of one node. Create it with New,
 // start it with Start and serve once HasSynced reports true.
 type Index struct {
 	node     string
+	links    Links // nil: claims are not tied to interfaces
 	factory  informers.SharedInformerFactory
 	informer cache.SharedIndexInformer
 	synced   cache.ResourceEventHandlerRegistration
@@ -48,8 +74,7 @@ type Index struct {
 	byUID map[types.UID]*record
 	// byName maps namespace/name to the pod of that name.
 	byName map[podName]*record
-	// byIP holds the claims on each address, the winning claim first.
-	// Usually there is one.
+	// byIP holds the claims on each address. Usually there is one.
 	byIP map[netip.Addr][]claim
 	// seq numbers claims in the order they were first seen.
 	seq uint64
@@ -74,6 +99,10 @@ type record struct {
 type claim struct {
 	rec *record
 	seq uint64
+	// link is the pod interface that carried the address when the claim
+	// was last tied to one (see the package comment); 0 when none did, or
+	// when the index has no Links.
+	link int
 }
 
 // beats reports whether claim c wins over d.
@@ -85,8 +114,10 @@ func (c claim) beats(d claim) bool {
 }
 
 // New returns an index of the pods whose spec.nodeName is node. Its informer
-// lists and watches only those pods through client.
-func New(client kubernetes.Interface, node string) (*Index, error) {
+// lists and watches only those pods through client. links, when not nil,
+// ties claims to pod interfaces (see the package comment); nil serves an
+// address to any connection from it (bridge layouts).
+func New(client kubernetes.Interface, node string, links Links) (*Index, error) {
 	if node == "" {
 		return nil, errors.New("podindex: node name is required")
 	}
@@ -96,6 +127,7 @@ func New(client kubernetes.Interface, node string) (*Index, error) {
 		informers.WithTransform(slimPod))
 	ix := newIndex()
 	ix.node = node
+	ix.links = links
 	ix.factory = factory
 	ix.informer = factory.Core().V1().Pods().Informer()
 	reg, err := ix.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
@@ -141,17 +173,30 @@ func (ix *Index) WaitForSync(ctx context.Context) bool {
 	return cache.WaitForCacheSync(ctx.Done(), ix.synced.HasSynced)
 }
 
-// PodByIP returns the pod that owns address ip. IPv4-mapped IPv6 addresses
-// are looked up as IPv4, and an IPv6 zone is ignored.
-func (ix *Index) PodByIP(ip netip.Addr) (imds.Pod, bool) {
+// PodByIP returns the pod that owns address ip for a connection that came
+// through pod interface link. With Links, only claims tied to link count,
+// and link 0 (no pod interface) finds nothing; without, link is ignored.
+// IPv4-mapped IPv6 addresses are looked up as IPv4, and an IPv6 zone is
+// ignored.
+func (ix *Index) PodByIP(ip netip.Addr, link int) (imds.Pod, bool) {
 	ip = ip.Unmap().WithZone("")
 	ix.mu.RLock()
 	defer ix.mu.RUnlock()
 	claims := ix.byIP[ip]
-	if len(claims) == 0 {
+	var best *claim
+	for i := range claims {
+		c := &claims[i]
+		if ix.links != nil && (link == 0 || c.link != link) {
+			continue
+		}
+		if best == nil || c.beats(*best) {
+			best = c
+		}
+	}
+	if best == nil {
 		return imds.Pod{}, false
 	}
-	return claims[0].rec.pod, true
+	return best.rec.pod, true
 }
 
 // PodByName returns the pod namespace/name, whatever its phase or network.
@@ -173,9 +218,17 @@ func (ix *Index) observe(obj any) {
 		return
 	}
 	ips := claimedIPs(p)
+	// Looked up outside the lock: one netlink request per address.
+	var links []int
+	if ix.links != nil {
+		links = make([]int, len(ips))
+		for i, ip := range ips {
+			links[i], _ = ix.links.PodLink(ip)
+		}
+	}
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
-	ix.set(p, ips)
+	ix.set(p, ips, links)
 }
 
 // forget removes a deleted pod.
@@ -193,8 +246,9 @@ func (ix *Index) forget(obj any) {
 	ix.remove(p.UID)
 }
 
-// set makes the index reflect pod p claiming ips. ix.mu is held.
-func (ix *Index) set(p *corev1.Pod, ips []netip.Addr) {
+// set makes the index reflect pod p claiming ips, carried now by the pod
+// interfaces links (nil without Links). ix.mu is held.
+func (ix *Index) set(p *corev1.Pod, ips []netip.Addr, links []int) {
 	key := podName{p.Namespace, p.Name}
 	// The informer keys pods by name: after a relist, a pod deleted and
 	// recreated under the same name arrives as an update with a new UID.
@@ -218,20 +272,40 @@ func (ix *Index) set(p *corev1.Pod, ips []netip.Addr) {
 	wasTerminating := rec.terminating
 	rec.terminating = p.DeletionTimestamp != nil
 	ix.byName[key] = rec
+	if rec.terminating && !wasTerminating {
+		klog.V(4).InfoS("Pod terminating: served only through the interfaces it has now", "pod", klog.KObj(p), "links", links)
+	}
 
 	for _, ip := range rec.ips {
 		if !slices.Contains(ips, ip) {
 			ix.unclaim(ip, rec)
 		}
 	}
-	for _, ip := range ips {
-		if !slices.Contains(rec.ips, ip) {
-			ix.claim(ip, rec)
-		} else if wasTerminating != rec.terminating {
-			ix.rank(ip)
+	for i, ip := range ips {
+		link := 0
+		if links != nil {
+			link = links[i]
+		}
+		switch {
+		case !slices.Contains(rec.ips, ip):
+			ix.claim(ip, rec, link)
+		case !rec.terminating || !wasTerminating:
+			// A pod that is not terminating follows its interface; one
+			// seen terminating for the first time is pinned to the one it
+			// has now. A terminating pod's claim stays where it was pinned.
+			ix.retie(ip, rec, link)
 		}
 	}
 	rec.ips = ips
+}
+
+// retie ties rec's claim on ip to link. ix.mu is held.
+func (ix *Index) retie(ip netip.Addr, rec *record, link int) {
+	for i := range ix.byIP[ip] {
+		if ix.byIP[ip][i].rec == rec {
+			ix.byIP[ip][i].link = link
+		}
+	}
 }
 
 // remove drops the pod with uid and its claims. ix.mu is held.
@@ -250,16 +324,15 @@ func (ix *Index) remove(uid types.UID) {
 	}
 }
 
-// claim adds rec's claim on ip as the newest. ix.mu is held.
-func (ix *Index) claim(ip netip.Addr, rec *record) {
+// claim adds rec's claim on ip, tied to link, as the newest. ix.mu is held.
+func (ix *Index) claim(ip netip.Addr, rec *record, link int) {
 	ix.seq++
-	claims := append(ix.byIP[ip], claim{rec: rec, seq: ix.seq})
+	claims := append(ix.byIP[ip], claim{rec: rec, seq: ix.seq, link: link})
 	if len(claims) > 1 {
 		klog.V(2).InfoS("two pods claim one address; the newest claim of a pod that is not terminating wins",
 			"ip", ip, "pod", klog.KRef(rec.pod.Namespace, rec.pod.Name), "other", klog.KRef(claims[0].rec.pod.Namespace, claims[0].rec.pod.Name))
 	}
 	ix.byIP[ip] = claims
-	ix.rank(ip)
 }
 
 // unclaim removes rec's claim on ip, leaving other pods' claims. ix.mu is
@@ -278,23 +351,15 @@ func (ix *Index) unclaim(ip netip.Addr, rec *record) {
 	}
 	clear(claims[len(kept):])
 	ix.byIP[ip] = kept
-	ix.rank(ip)
-}
-
-// rank moves the winning claim on ip to the front. ix.mu is held.
-func (ix *Index) rank(ip netip.Addr) {
-	claims := ix.byIP[ip]
-	for i := 1; i < len(claims); i++ {
-		if claims[i].beats(claims[0]) {
-			claims[0], claims[i] = claims[i], claims[0]
-		}
-	}
 }
 
 // claimedIPs returns the addresses pod p owns: its status.podIPs (or
-// status.podIP), none for a host-network pod or a pod in a terminal phase.
+// status.podIP), none for a host-network pod, a pod in a terminal phase,
+// or a pod whose sandbox kubelet reports gone (PodReadyToStartContainers
+// False: after the pod's containers were killed, or while kubelet gives it
+// a new sandbox), whatever addresses its status still lists.
 func claimedIPs(p *corev1.Pod) []netip.Addr {
-	if p.Spec.HostNetwork || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+	if p.Spec.HostNetwork || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed || !sandboxReady(p) {
 		return nil
 	}
 	var ips []netip.Addr
@@ -319,6 +384,18 @@ func claimedIPs(p *corev1.Pod) []netip.Addr {
 	return ips
 }
 
+// sandboxReady reports whether p's sandbox has its network, as far as
+// kubelet says: false only when the PodReadyToStartContainers condition is
+// there and False (kubelets before 1.29 may not report it).
+func sandboxReady(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReadyToStartContainers {
+			return c.Status != corev1.ConditionFalse
+		}
+	}
+	return true
+}
+
 // slimPod keeps only the fields the index reads, so that the informer's
 // cache of the node's pods stays small.
 func slimPod(obj any) (any, error) {
@@ -341,11 +418,22 @@ func slimPod(obj any) (any, error) {
 			HostNetwork:        p.Spec.HostNetwork,
 		},
 		Status: corev1.PodStatus{
-			Phase:  p.Status.Phase,
-			PodIP:  p.Status.PodIP,
-			PodIPs: p.Status.PodIPs,
+			Phase:      p.Status.Phase,
+			PodIP:      p.Status.PodIP,
+			PodIPs:     p.Status.PodIPs,
+			Conditions: sandboxCondition(p.Status.Conditions),
 		},
 	}, nil
+}
+
+// sandboxCondition returns only the PodReadyToStartContainers condition.
+func sandboxCondition(cs []corev1.PodCondition) []corev1.PodCondition {
+	for _, c := range cs {
+		if c.Type == corev1.PodReadyToStartContainers {
+			return []corev1.PodCondition{{Type: c.Type, Status: c.Status, LastTransitionTime: c.LastTransitionTime}}
+		}
+	}
+	return nil
 }
 
 // serviceAccount returns the name of p's service account; an empty name

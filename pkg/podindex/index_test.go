@@ -52,7 +52,7 @@ func hostNetwork(p *corev1.Pod) { p.Spec.HostNetwork = true }
 
 // ownerOf returns the name of the pod at ip, or "" when none.
 func ownerOf(ix *Index, ip string) string {
-	pod, ok := ix.PodByIP(netip.MustParseAddr(ip))
+	pod, ok := ix.PodByIP(netip.MustParseAddr(ip), 0)
 	if !ok {
 		return ""
 	}
@@ -134,7 +134,7 @@ func TestSameNameNewUID(t *testing.T) {
 	apply(ix, event{pod: newPod(t, "web-0", "uid-1", []string{"10.244.0.5"})})
 	apply(ix, event{pod: newPod(t, "web-0", "uid-2", []string{"10.244.0.6"})})
 	assert.Empty(t, ownerOf(ix, "10.244.0.5"))
-	pod, ok := ix.PodByIP(netip.MustParseAddr("10.244.0.6"))
+	pod, ok := ix.PodByIP(netip.MustParseAddr("10.244.0.6"), 0)
 	require.True(t, ok)
 	assert.Equal(t, "uid-2", pod.UID)
 	pod, ok = ix.PodByName("apps", "web-0")
@@ -163,12 +163,13 @@ func TestClaims(t *testing.T) {
 		{"failed", newPod(t, "p", "u", []string{"10.244.0.5"}, phase(corev1.PodFailed)), nil, true, 0},
 		{"pending without IP", newPod(t, "p", "u", nil, phase(corev1.PodPending)), nil, true, 0},
 		{"garbage IP", newPod(t, "p", "u", []string{"not-an-ip"}), nil, true, 0},
+		{"sandbox gone", newPod(t, "p", "u", []string{"10.244.0.5"}, sandboxGone), nil, true, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ix := newIndex()
 			ix.observe(tc.pod)
 			for _, ip := range tc.lookup {
-				pod, ok := ix.PodByIP(netip.MustParseAddr(ip))
+				pod, ok := ix.PodByIP(netip.MustParseAddr(ip), 0)
 				require.True(t, ok, ip)
 				assert.Equal(t, "p", pod.Name)
 			}
@@ -184,7 +185,7 @@ func TestPodFields(t *testing.T) {
 	p := newPod(t, "pod1", "uid-1", []string{"10.244.0.5"})
 	p.Spec.ServiceAccountName = ""
 	ix.observe(p)
-	pod, ok := ix.PodByIP(netip.MustParseAddr("10.244.0.5"))
+	pod, ok := ix.PodByIP(netip.MustParseAddr("10.244.0.5"), 0)
 	require.True(t, ok)
 	assert.Equal(t, "apps", pod.Namespace)
 	assert.Equal(t, "pod1", pod.Name)
@@ -258,7 +259,7 @@ func checkInvariants(t *testing.T, ix *Index, live map[types.UID]*corev1.Pod, ip
 				}
 			}
 		}
-		got, ok := ix.PodByIP(ip)
+		got, ok := ix.PodByIP(ip, 0)
 		if len(claimants) == 0 {
 			require.False(t, ok, "%s has no claimant but maps to %s", s, got.Name)
 			continue

@@ -44,7 +44,7 @@ func startCluster(t *testing.T) *cluster {
 	_, err := cp.CreateServiceAccount(ctx, ns, "app", nil)
 	require.NoError(t, err)
 
-	ix, err := New(cp.Client, "node-a")
+	ix, err := New(cp.Client, "node-a", nil)
 	require.NoError(t, err)
 	ictx, stop := context.WithCancel(ctx)
 	ix.Start(ictx)
@@ -108,7 +108,7 @@ func (c *cluster) eventuallyOwner(ip string, uid types.UID) {
 	c.t.Helper()
 	addr := netip.MustParseAddr(ip)
 	require.Eventually(c.t, func() bool {
-		pod, ok := c.ix.PodByIP(addr)
+		pod, ok := c.ix.PodByIP(addr, 0)
 		if uid == "" {
 			return !ok
 		}
@@ -121,7 +121,7 @@ func (c *cluster) consistentlyOwner(ip string, uid types.UID) {
 	c.t.Helper()
 	addr := netip.MustParseAddr(ip)
 	for range 20 {
-		pod, ok := c.ix.PodByIP(addr)
+		pod, ok := c.ix.PodByIP(addr, 0)
 		require.True(c.t, ok, "%s lost its owner", ip)
 		require.Equal(c.t, string(uid), pod.UID)
 		time.Sleep(tick)
@@ -137,7 +137,7 @@ func TestNodePods(t *testing.T) {
 	pending := c.createPod("pending", "node-a", nil)
 
 	c.eventuallyOwner("10.244.0.10", a.UID)
-	pod, ok := c.ix.PodByIP(netip.MustParseAddr("10.244.0.10"))
+	pod, ok := c.ix.PodByIP(netip.MustParseAddr("10.244.0.10"), 0)
 	require.True(t, ok)
 	assert.Equal(t, ns, pod.Namespace)
 	assert.Equal(t, "web-a", pod.Name)
@@ -152,11 +152,11 @@ func TestNodePods(t *testing.T) {
 	assert.Equal(t, string(pending.UID), got.UID)
 
 	// node-b's pod and the host-network pod are never found by address.
-	_, ok = c.ix.PodByIP(netip.MustParseAddr("10.244.1.10"))
+	_, ok = c.ix.PodByIP(netip.MustParseAddr("10.244.1.10"), 0)
 	assert.False(t, ok, "a pod of another node was found by IP")
 	_, ok = c.ix.PodByName(ns, b.Name)
 	assert.False(t, ok, "a pod of another node was found by name")
-	_, ok = c.ix.PodByIP(netip.MustParseAddr("10.0.0.4"))
+	_, ok = c.ix.PodByIP(netip.MustParseAddr("10.0.0.4"), 0)
 	assert.False(t, ok, "a host-network pod was found by the node's IP")
 
 	// A pod that has finished is not found by address, only by name.

@@ -43,16 +43,19 @@ func dialIn(ctx context.Context, ns netns.NsHandle, network, addr string, from n
 			ch <- result{err: fmt.Errorf("open this thread's network namespace: %w", err)}
 			return // the thread stays locked and is discarded
 		}
-		defer home.Close()
+		var r result
 		if err := netns.Set(ns); err != nil {
-			ch <- result{err: fmt.Errorf("enter network namespace: %w", err)}
-			return
+			r.err = fmt.Errorf("enter network namespace: %w", err)
+		} else {
+			r.c, r.err = d.DialContext(ctx, network, addr)
 		}
-		c, err := d.DialContext(ctx, network, addr)
-		ch <- result{c, err}
+		// Back home and home's descriptor closed before answering: the
+		// caller may close ns, and a later descriptor reuse its number.
 		if netns.Set(home) == nil {
 			runtime.UnlockOSThread()
 		}
+		home.Close()
+		ch <- r
 	}()
 	r := <-ch
 	return r.c, r.err

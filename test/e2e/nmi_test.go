@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -299,12 +300,7 @@ func addPodNetns(t testing.TB, p *nmiPod) {
 	p.netns = fmt.Sprintf("kvnode-nmi-%d-%s", os.Getpid(), p.name)
 	p.hostIf = "nmi" + p.name // "nmipod-a": at most 15 bytes
 	ip(t, "netns", "add", p.netns)
-	t.Cleanup(func() {
-		// Deleting the namespace deletes eth0 and so its peer on the node.
-		if out, err := exec.Command("ip", "netns", "del", p.netns).CombinedOutput(); err != nil {
-			t.Errorf("ip netns del %s: %v: %s", p.netns, err, out)
-		}
-	})
+	t.Cleanup(func() { removePodNetns(t, p) })
 	ip(t, "link", "add", p.hostIf, "type", "veth", "peer", "name", "eth0", "netns", p.netns)
 	ip(t, "addr", "add", podGateway+"/32", "dev", p.hostIf)
 	ip(t, "link", "set", p.hostIf, "up")
@@ -314,6 +310,23 @@ func addPodNetns(t testing.TB, p *nmiPod) {
 	ipIn(t, p, "link", "set", "eth0", "up")
 	ipIn(t, p, "route", "add", podGateway, "dev", "eth0")
 	ipIn(t, p, "route", "add", "default", "via", podGateway, "dev", "eth0")
+}
+
+// removePodNetns deletes p's veth pair, and with it the pod's /32 route,
+// and its network namespace, as the CNI does when the pod's sandbox goes.
+// It does nothing the second time.
+func removePodNetns(t testing.TB, p *nmiPod) {
+	t.Helper()
+	if p.netns == "" {
+		return
+	}
+	// The veth first, as a CNI deletes it: a namespace goes away only
+	// once nothing holds it, and then asynchronously.
+	_ = exec.Command("ip", "link", "del", p.hostIf).Run()
+	if out, err := exec.Command("ip", "netns", "del", p.netns).CombinedOutput(); err != nil {
+		t.Errorf("ip netns del %s: %v: %s", p.netns, err, out)
+	}
+	p.netns = ""
 }
 
 func ip(t testing.TB, args ...string) {
@@ -442,16 +455,29 @@ func startNMI(t testing.TB, cp *controlplane.ControlPlane, emu *emulator.Emulato
 	return n
 }
 
-// launch starts the nmi process.
+// launch starts the nmi process. The kernel sends Pdeathsig when the
+// thread that started the process exits, not the test process, and the
+// tests lock threads into pod namespaces; so nmi is started from a thread
+// locked for as long as nmi runs.
 func (n *nmiProcess) launch(t testing.TB) {
 	t.Helper()
 	n.cmd = exec.Command(testenv.Binary(t, "nmi"), n.argv...)
 	n.cmd.Env = n.env
 	n.cmd.Stdout, n.cmd.Stderr = n.logs, n.logs
 	n.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	require.NoError(t, n.cmd.Start())
 	n.done, n.stopped = make(chan error, 1), false
-	go func(cmd *exec.Cmd, done chan<- error) { done <- cmd.Wait() }(n.cmd, n.done)
+	started := make(chan error, 1)
+	go func(cmd *exec.Cmd, done chan<- error) {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if err := cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
+		done <- cmd.Wait()
+	}(n.cmd, n.done)
+	require.NoError(t, <-started)
 }
 
 // stop sends SIGTERM and waits for nmi to remove its rules and exit.
