@@ -6,12 +6,23 @@
 // Address ownership follows the node's churn. Every pod that lists an address
 // in status.podIPs claims it; host-network pods (they share the node's
 // address), pods in a terminal phase and pods whose sandbox kubelet reports
-// gone (PodReadyToStartContainers False) claim nothing. When two pods claim
-// one address, because a new pod inherited the address of a pod whose
-// deletion the informer has not delivered yet, the claim that is not from a
-// terminating pod wins, and among those the most recent claim. Claims are
-// keyed by pod UID and removed only by their own pod's events, so a late
-// update or delete of the old pod never takes the address from the new one.
+// gone (PodReadyToStartContainers False) claim nothing. Claims are keyed by
+// pod UID and removed only by their own pod's events, so a late update or
+// delete of the old pod never takes the address from the new one.
+//
+// Two pods can claim one address: a new pod inherited the address of a pod
+// whose deletion the informer has not delivered yet, or a Pod object still
+// says Running with the address of a sandbox that is gone (after a node
+// restart, until kubelet writes the pod again). The winner must not depend
+// on the order in which the informer delivers them, which after a re-list
+// is the order of names. So a claim of a pod that is not terminating beats
+// a terminating pod's, and among those the pod whose sandbox got its
+// network last wins, as kubelet reports it: the PodReadyToStartContainers
+// condition's last transition to True (kubelet sets it again for every new
+// sandbox), else status.startTime, else the pod's creation. The address's
+// sandbox came after every other sandbox that had it. When the best two
+// claims are equal (those times have one-second resolution), the address is
+// refused until the pods' next writes tell them apart.
 //
 // With Links (routed pod networks), a claim is also tied to the pod
 // interface that carries the address, and an address is served only to
@@ -37,6 +48,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -76,8 +88,6 @@ type Index struct {
 	byName map[podName]*record
 	// byIP holds the claims on each address. Usually there is one.
 	byIP map[netip.Addr][]claim
-	// seq numbers claims in the order they were first seen.
-	seq uint64
 }
 
 // podName is a pod's namespace and name.
@@ -93,24 +103,28 @@ type record struct {
 	// terminating is set once the pod has a deletion timestamp; its claims
 	// yield to those of pods that are not terminating.
 	terminating bool
+	// network is when the pod's sandbox got its network (networkTime);
+	// among claims of equal standing, the latest wins.
+	network time.Time
 }
 
 // claim is a pod's claim on an address.
 type claim struct {
 	rec *record
-	seq uint64
 	// link is the pod interface that carried the address when the claim
 	// was last tied to one (see the package comment); 0 when none did, or
 	// when the index has no Links.
 	link int
 }
 
-// beats reports whether claim c wins over d.
+// beats reports whether claim c wins over d. Neither beats the other when
+// both are terminating or both are not, and their networks came in the
+// same instant.
 func (c claim) beats(d claim) bool {
 	if c.rec.terminating != d.rec.terminating {
 		return !c.rec.terminating
 	}
-	return c.seq > d.seq
+	return c.rec.network.After(d.rec.network)
 }
 
 // New returns an index of the pods whose spec.nodeName is node. Its informer
@@ -176,24 +190,29 @@ func (ix *Index) WaitForSync(ctx context.Context) bool {
 // PodByIP returns the pod that owns address ip for a connection that came
 // through pod interface link. With Links, only claims tied to link count,
 // and link 0 (no pod interface) finds nothing; without, link is ignored.
-// IPv4-mapped IPv6 addresses are looked up as IPv4, and an IPv6 zone is
-// ignored.
+// When the best two claims are equal, it finds nothing (see the package
+// comment). IPv4-mapped IPv6 addresses are looked up as IPv4, and an IPv6
+// zone is ignored.
 func (ix *Index) PodByIP(ip netip.Addr, link int) (imds.Pod, bool) {
 	ip = ip.Unmap().WithZone("")
 	ix.mu.RLock()
 	defer ix.mu.RUnlock()
 	claims := ix.byIP[ip]
 	var best *claim
+	tie := false
 	for i := range claims {
 		c := &claims[i]
 		if ix.links != nil && (link == 0 || c.link != link) {
 			continue
 		}
-		if best == nil || c.beats(*best) {
-			best = c
+		switch {
+		case best == nil || c.beats(*best):
+			best, tie = c, false
+		case !best.beats(*c):
+			tie = true
 		}
 	}
-	if best == nil {
+	if best == nil || tie {
 		return imds.Pod{}, false
 	}
 	return best.rec.pod, true
@@ -271,6 +290,7 @@ func (ix *Index) set(p *corev1.Pod, ips []netip.Addr, links []int) {
 	}
 	wasTerminating := rec.terminating
 	rec.terminating = p.DeletionTimestamp != nil
+	rec.network = networkTime(p)
 	ix.byName[key] = rec
 	if rec.terminating && !wasTerminating {
 		klog.V(4).InfoS("Pod terminating: served only through the interfaces it has now", "pod", klog.KObj(p), "links", links)
@@ -324,13 +344,14 @@ func (ix *Index) remove(uid types.UID) {
 	}
 }
 
-// claim adds rec's claim on ip, tied to link, as the newest. ix.mu is held.
+// claim adds rec's claim on ip, tied to link. ix.mu is held.
 func (ix *Index) claim(ip netip.Addr, rec *record, link int) {
-	ix.seq++
-	claims := append(ix.byIP[ip], claim{rec: rec, seq: ix.seq, link: link})
+	claims := append(ix.byIP[ip], claim{rec: rec, link: link})
 	if len(claims) > 1 {
-		klog.V(2).InfoS("two pods claim one address; the newest claim of a pod that is not terminating wins",
-			"ip", ip, "pod", klog.KRef(rec.pod.Namespace, rec.pod.Name), "other", klog.KRef(claims[0].rec.pod.Namespace, claims[0].rec.pod.Name))
+		other := claims[0].rec
+		klog.V(2).InfoS("Two pods claim one address; a pod that is not terminating wins, then the one whose sandbox got its network last, and a tie is refused",
+			"ip", ip, "pod", klog.KRef(rec.pod.Namespace, rec.pod.Name), "network", rec.network,
+			"other", klog.KRef(other.pod.Namespace, other.pod.Name), "otherNetwork", other.network)
 	}
 	ix.byIP[ip] = claims
 }
@@ -384,6 +405,21 @@ func claimedIPs(p *corev1.Pod) []netip.Addr {
 	return ips
 }
 
+// networkTime is when p's sandbox got its network, as kubelet reports it:
+// the PodReadyToStartContainers condition's last transition to True, else
+// status.startTime, else the pod's creation.
+func networkTime(p *corev1.Pod) time.Time {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReadyToStartContainers && c.Status == corev1.ConditionTrue && !c.LastTransitionTime.IsZero() {
+			return c.LastTransitionTime.Time
+		}
+	}
+	if p.Status.StartTime != nil {
+		return p.Status.StartTime.Time
+	}
+	return p.CreationTimestamp.Time
+}
+
 // sandboxReady reports whether p's sandbox has its network, as far as
 // kubelet says: false only when the PodReadyToStartContainers condition is
 // there and False (kubelets before 1.29 may not report it).
@@ -410,6 +446,7 @@ func slimPod(obj any) (any, error) {
 			UID:               p.UID,
 			ResourceVersion:   p.ResourceVersion,
 			Labels:            p.Labels,
+			CreationTimestamp: p.CreationTimestamp,
 			DeletionTimestamp: p.DeletionTimestamp,
 		},
 		Spec: corev1.PodSpec{
@@ -422,6 +459,7 @@ func slimPod(obj any) (any, error) {
 			PodIP:      p.Status.PodIP,
 			PodIPs:     p.Status.PodIPs,
 			Conditions: sandboxCondition(p.Status.Conditions),
+			StartTime:  p.Status.StartTime,
 		},
 	}, nil
 }

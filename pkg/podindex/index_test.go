@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -48,6 +50,27 @@ func terminating(p *corev1.Pod) {
 
 func phase(ph corev1.PodPhase) podOpt { return func(p *corev1.Pod) { p.Status.Phase = ph } }
 
+// startBase is the test pods' clock.
+var startBase = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+
+// started sets status.startTime, as kubelet does, sec seconds after
+// startBase.
+func started(sec int) podOpt {
+	return func(p *corev1.Pod) {
+		t := metav1.NewTime(startBase.Add(time.Duration(sec) * time.Second))
+		p.Status.StartTime = &t
+	}
+}
+
+// sandboxAt reports the pod's sandbox ready (PodReadyToStartContainers
+// True) sec seconds after startBase, as kubelet does for every sandbox.
+func sandboxAt(sec int) podOpt {
+	return func(p *corev1.Pod) {
+		p.Status.Conditions = append(p.Status.Conditions, corev1.PodCondition{Type: corev1.PodReadyToStartContainers,
+			Status: corev1.ConditionTrue, LastTransitionTime: metav1.NewTime(startBase.Add(time.Duration(sec) * time.Second))})
+	}
+}
+
 func hostNetwork(p *corev1.Pod) { p.Spec.HostNetwork = true }
 
 // ownerOf returns the name of the pod at ip, or "" when none.
@@ -77,10 +100,12 @@ func apply(ix *Index, evs ...event) {
 
 func TestEventOrders(t *testing.T) {
 	const ip = "10.244.0.5"
-	pod1 := newPod(t, "pod1", "uid-1", []string{ip})
-	pod2 := newPod(t, "pod2", "uid-2", []string{ip})
-	pod1Terminating := newPod(t, "pod1", "uid-1", []string{ip}, terminating)
-	pod1Failed := newPod(t, "pod1", "uid-1", []string{ip}, phase(corev1.PodFailed))
+	// pod2 got the address after pod1: it started later.
+	pod1 := newPod(t, "pod1", "uid-1", []string{ip}, started(1))
+	pod2 := newPod(t, "pod2", "uid-2", []string{ip}, started(2))
+	pod1Terminating := newPod(t, "pod1", "uid-1", []string{ip}, started(1), terminating)
+	pod1Failed := newPod(t, "pod1", "uid-1", []string{ip}, started(1), phase(corev1.PodFailed))
+	pod3SameSecond := newPod(t, "pod3", "uid-3", []string{ip}, started(2))
 
 	for _, tc := range []struct {
 		name   string
@@ -96,6 +121,9 @@ func TestEventOrders(t *testing.T) {
 		{"old pod failed after reuse", []event{{pod: pod1}, {pod: pod2}, {pod: pod1Failed}}, "pod2"},
 		{"new pod deleted, old pod still claims", []event{{pod: pod1}, {pod: pod2}, {del: true, pod: pod2}}, "pod1"},
 		{"relist tombstone of old pod", []event{{pod: pod1}, {pod: pod2}, {del: true, pod: nil}}, "pod2"},
+		{"new pod seen first", []event{{pod: pod2}, {pod: pod1}}, "pod2"},
+		{"two pods started in the same second: refused", []event{{pod: pod2}, {pod: pod3SameSecond}}, ""},
+		{"tie broken by the old pod's deletion", []event{{pod: pod2}, {pod: pod3SameSecond}, {del: true, pod: pod3SameSecond}}, "pod2"},
 		{"old pod fails", []event{{pod: pod1}, {pod: pod1Failed}}, ""},
 		{"deleted", []event{{pod: pod1}, {del: true, pod: pod1}}, ""},
 	} {
@@ -194,10 +222,58 @@ func TestPodFields(t *testing.T) {
 	assert.Equal(t, map[string]string{"app": "pod1"}, pod.Labels)
 }
 
+// TestStalePodObjectsAnyOrder: a Pod object that still says Running with
+// the address of a sandbox that is gone, next to the pod whose sandbox has
+// the address now, in every order the informer may deliver them (a
+// re-list delivers them by name), gives the current pod every time.
+func TestStalePodObjectsAnyOrder(t *testing.T) {
+	const ip = "10.244.0.5"
+	for _, tc := range []struct {
+		name         string
+		stale, fresh *corev1.Pod
+	}{
+		{"by start time",
+			newPod(t, "stale", "uid-s", []string{ip}, started(10)),
+			newPod(t, "fresh", "uid-f", []string{ip}, started(20))},
+		{"by sandbox time, the stale pod started later",
+			newPod(t, "stale", "uid-s", []string{ip}, started(15), sandboxAt(16)),
+			newPod(t, "fresh", "uid-f", []string{ip}, started(10), sandboxAt(30))},
+		{"sandbox time of one, start time of the other",
+			newPod(t, "stale", "uid-s", []string{ip}, started(10)),
+			newPod(t, "fresh", "uid-f", []string{ip}, started(5), sandboxAt(20))},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, order := range [][]*corev1.Pod{{tc.stale, tc.fresh}, {tc.fresh, tc.stale}, {tc.stale, tc.fresh, tc.stale}, {tc.fresh, tc.stale, tc.fresh}} {
+				for _, linked := range []bool{false, true} {
+					ix := newIndex()
+					if linked {
+						links := &fakeLinks{m: map[netip.Addr]int{}}
+						links.set(ip, 7) // the fresh pod's veth; the stale one is gone
+						ix.links = links
+					}
+					for _, p := range order {
+						ix.observe(p)
+					}
+					assert.Equal(t, "fresh", ownerVia(ix, ip, 7), "order %v, links %v", names(order), linked)
+				}
+			}
+		})
+	}
+}
+
+func names(pods []*corev1.Pod) []string {
+	var n []string
+	for _, p := range pods {
+		n = append(n, p.Name)
+	}
+	return n
+}
+
 // TestRandomEvents feeds random add/update/delete sequences and checks after
 // every event that each address is owned by a pod that currently claims it,
-// that every claimed address is found, and that a lone claimant that is not
-// terminating wins over terminating ones.
+// that a claimed address is found unless its best claims tie, and that the
+// owner is the best claimant: not terminating if any claimant is not, then
+// the latest network.
 func TestRandomEvents(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	ips := []string{"10.244.0.1", "10.244.0.2", "10.244.0.3", "fd00::1", "fd00::2"}
@@ -221,7 +297,7 @@ func TestRandomEvents(t *testing.T) {
 					podIPs = append(podIPs, ip)
 				}
 			}
-			var opts []podOpt
+			opts := []podOpt{started(rng.IntN(3))}
 			switch rng.IntN(6) {
 			case 0:
 				opts = append(opts, terminating)
@@ -248,29 +324,32 @@ func checkInvariants(t *testing.T, ix *Index, live map[types.UID]*corev1.Pod, ip
 	t.Helper()
 	for _, s := range ips {
 		ip := netip.MustParseAddr(s)
-		var claimants, active []*corev1.Pod
+		// best are the claimants that no other claimant beats.
+		var best []*corev1.Pod
+		better := func(a, b *corev1.Pod) bool {
+			if (a.DeletionTimestamp == nil) != (b.DeletionTimestamp == nil) {
+				return a.DeletionTimestamp == nil
+			}
+			return networkTime(a).After(networkTime(b))
+		}
 		for _, p := range live {
-			for _, c := range claimedIPs(p) {
-				if c == ip {
-					claimants = append(claimants, p)
-					if p.DeletionTimestamp == nil {
-						active = append(active, p)
-					}
-				}
+			if !slices.Contains(claimedIPs(p), ip) {
+				continue
+			}
+			switch {
+			case len(best) == 0 || better(p, best[0]):
+				best = []*corev1.Pod{p}
+			case !better(best[0], p):
+				best = append(best, p)
 			}
 		}
 		got, ok := ix.PodByIP(ip, 0)
-		if len(claimants) == 0 {
-			require.False(t, ok, "%s has no claimant but maps to %s", s, got.Name)
+		if len(best) != 1 {
+			require.False(t, ok, "%s has %d best claimants but maps to %s", s, len(best), got.Name)
 			continue
 		}
 		require.True(t, ok, "%s is claimed but not found", s)
-		p := live[types.UID(got.UID)]
-		require.NotNil(t, p, "%s maps to %s, which is gone", s, got.UID)
-		require.Contains(t, claimedIPs(p), ip)
-		if len(active) > 0 {
-			require.Nil(t, p.DeletionTimestamp, "%s maps to terminating %s while %d others are not terminating", s, got.Name, len(active))
-		}
+		require.Equal(t, string(best[0].UID), got.UID, "%s maps to the wrong claimant", s)
 	}
 	require.Len(t, ix.byUID, len(live))
 	require.Len(t, ix.byName, len(live))

@@ -33,6 +33,10 @@ type cluster struct {
 	ctx    context.Context
 	client kubernetes.Interface
 	ix     *Index
+	// starts counts the pods given a start time, a second apart: kubelet
+	// starts them one after another, and the API's times have one-second
+	// resolution.
+	starts int
 }
 
 func startCluster(t *testing.T) *cluster {
@@ -81,6 +85,11 @@ func (c *cluster) createPod(name, node string, ips []string, mutate ...func(*cor
 func (c *cluster) setStatus(pod *corev1.Pod, phase corev1.PodPhase, ips []string) *corev1.Pod {
 	c.t.Helper()
 	pod = pod.DeepCopy()
+	if pod.Status.StartTime == nil {
+		c.starts++
+		start := metav1.NewTime(pod.CreationTimestamp.Add(time.Duration(c.starts) * time.Second))
+		pod.Status.StartTime = &start
+	}
 	pod.Status.Phase = phase
 	pod.Status.HostIP = "10.0.0.4"
 	pod.Status.HostIPs = []corev1.HostIP{{IP: "10.0.0.4"}}

@@ -58,6 +58,10 @@ type nmiPod struct {
 	ip       string
 	netns    string // ip netns name
 	hostIf   string // the node-side veth
+	// started, when set, is reported as the pod's start time and the time
+	// its sandbox got its network (PodReadyToStartContainers), as kubelet
+	// reports them.
+	started time.Time
 }
 
 // TestNMI runs nmi as a process on a node with three pods and the
@@ -289,6 +293,11 @@ func createNodePod(ctx context.Context, t testing.TB, cp *controlplane.ControlPl
 	pod.Status.Phase = corev1.PodRunning
 	pod.Status.PodIP = p.ip
 	pod.Status.PodIPs = []corev1.PodIP{{IP: p.ip}}
+	if !p.started.IsZero() {
+		at := metav1.NewTime(p.started)
+		pod.Status.StartTime = &at
+		pod.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReadyToStartContainers, Status: corev1.ConditionTrue, LastTransitionTime: at}}
+	}
 	_, err = cp.Client.CoreV1().Pods("apps").UpdateStatus(ctx, pod, metav1.UpdateOptions{})
 	require.NoError(t, err)
 }
