@@ -22,6 +22,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/kvnode/kvnode/pkg/bindings"
 	"github.com/kvnode/kvnode/test/emulator"
 )
 
@@ -345,4 +346,118 @@ func runWrk(t testing.TB, p *nmiPod, conns int, d time.Duration, url string) wrk
 	}
 	require.True(t, r.p50 > 0 && r.p99 > 0, "no latency distribution in wrk's output:\n%s", s)
 	return r
+}
+
+// The pod-to-first-token schedule: bounded in count and time.
+const (
+	firstTokenPods   = 15
+	firstTokenPoll   = 2 * time.Millisecond
+	firstTokenBudget = 20 * time.Second // per pod
+)
+
+// BenchmarkNMIPodToFirstToken measures how long a new pod waits for its
+// first token: from creating its binding and its Pod (the Pod's address
+// reported as kubelet reports it, its sandbox network wired before, as the
+// CNI wires it) to the first 200 from 169.254.169.254 inside the pod's
+// network namespace, which asks every 2 ms. Each binding kind is measured
+// on its own pods: an AzureIdentityBinding of a managed identity of the
+// node (first token from the node's IMDS) and a ServiceAccount annotated
+// with a workload identity (TokenRequest, then Entra ID's exchange).
+// Reported: p50, p90 and the slowest pod, in milliseconds, and the answers
+// the pods got before their token. aad-pod-identity needed 80-100 s here:
+// its MIC assigned the identity to the VM first. Like BenchmarkNMILoad it
+// runs its schedule once whatever b.N and asserts no figure.
+func BenchmarkNMIPodToFirstToken(b *testing.B) {
+	requireNode(b)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	cp, emu := startNode(b)
+	require.NoError(b, cp.EnsureNamespace(ctx, "apps"))
+	jwks, err := cp.JWKS(ctx)
+	require.NoError(b, err)
+	require.NoError(b, emu.TrustIssuer(cp.Issuer, jwks))
+	nmi := startNMI(b, cp, emu)
+	nmi.waitReady(b)
+
+	kinds := []struct {
+		name string
+		// bind creates pod name's identity in the emulator (not timed)
+		// and returns the timed step that binds it in the cluster, and
+		// the client ID the token must carry.
+		bind func(name string, i int) (func(), string)
+	}{
+		{"managed-identity", func(name string, _ int) (func(), string) {
+			mi, err := emu.AddManagedIdentity(emulator.Principal{TenantID: nmiTenant})
+			require.NoError(b, err)
+			return func() {
+				_, err := cp.CreateServiceAccount(ctx, "apps", "sa-"+name, nil)
+				require.NoError(b, err)
+				bindAzureIdentity(ctx, b, cp, "id-"+name, mi, name)
+			}, mi.ClientID
+		}},
+		{"workload-identity", func(name string, i int) (func(), string) {
+			app, err := emu.AddApplication(emulator.Principal{TenantID: nmiTenant, ClientID: fmt.Sprintf("f1f1f1f1-0000-4000-8000-%012d", i),
+				Federated: []emulator.FederatedCredential{
+					{Issuer: cp.Issuer, Subject: "system:serviceaccount:apps:sa-" + name},
+				}})
+			require.NoError(b, err)
+			return func() {
+				_, err := cp.CreateServiceAccount(ctx, "apps", "sa-"+name, map[string]string{bindings.ClientIDAnnotation: app.ClientID})
+				require.NoError(b, err)
+			}, app.ClientID
+		}},
+	}
+	measured := map[string][]time.Duration{}
+	for k, kind := range kinds {
+		b.Run("binding="+kind.name, func(b *testing.B) {
+			waits, ok := measured[kind.name]
+			if !ok {
+				before := map[int]int{}
+				for i := range firstTokenPods {
+					p := &nmiPod{name: fmt.Sprintf("ft-%d-%d", k, i), ip: fmt.Sprintf("10.244.%d.%d", 20+k, i+2)}
+					p.sa = "sa-" + p.name
+					bind, clientID := kind.bind(p.name, i)
+					addPodNetns(b, p)
+					start := time.Now()
+					bind()
+					createNodePod(ctx, b, cp, p)
+					got, answers := firstToken(b, ctx, p, clientID)
+					waits = append(waits, got.Sub(start))
+					for status, n := range answers {
+						before[status] += n
+					}
+				}
+				measured[kind.name] = waits
+				sorted := slices.Clone(waits)
+				slices.Sort(sorted)
+				b.Logf("%s: %d pods, first token after %v (sorted); answers before the token: %v", kind.name, len(sorted), sorted, before)
+			}
+			sorted := slices.Clone(waits)
+			slices.Sort(sorted)
+			ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+			b.ReportMetric(ms(sorted[len(sorted)/2]), "first-token-p50-ms")
+			b.ReportMetric(ms(sorted[len(sorted)*9/10]), "first-token-p90-ms")
+			b.ReportMetric(ms(sorted[len(sorted)-1]), "first-token-max-ms")
+		})
+	}
+}
+
+// firstToken asks for a token from p every firstTokenPoll until it gets
+// one for clientID, and returns when it did and the answers before it by
+// status (0: no answer).
+func firstToken(b *testing.B, ctx context.Context, p *nmiPod, clientID string) (time.Time, map[int]int) {
+	b.Helper()
+	answers := map[int]int{}
+	deadline := time.Now().Add(firstTokenBudget)
+	for time.Now().Before(deadline) {
+		status, id, err := tokenFrom(ctx, p.netns, "169.254.169.254:80", "")
+		if err == nil && status == http.StatusOK {
+			require.Equal(b, clientID, id, "%s got another identity", p.name)
+			return time.Now(), answers
+		}
+		answers[status]++
+		time.Sleep(firstTokenPoll)
+	}
+	b.Fatalf("%s got no token within %v: %v", p.name, firstTokenBudget, answers)
+	return time.Time{}, nil
 }
