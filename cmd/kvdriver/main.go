@@ -15,10 +15,12 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
 	"golang.org/x/sync/errgroup"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -28,6 +30,7 @@ import (
 	"github.com/kvnode/kvnode/pkg/csi"
 	"github.com/kvnode/kvnode/pkg/identity"
 	"github.com/kvnode/kvnode/pkg/keyvault"
+	"github.com/kvnode/kvnode/pkg/secretsync"
 	"github.com/kvnode/kvnode/pkg/version"
 	"github.com/kvnode/kvnode/pkg/volume"
 )
@@ -48,6 +51,10 @@ type Config struct {
 	// StrictParameters refuses the SecretProviderClass mistakes the
 	// upstream provider tolerates.
 	StrictParameters bool
+	// SyncSecrets writes the Secrets of classes' secretObjects, of
+	// SyncSecretTypes.
+	SyncSecrets     bool
+	SyncSecretTypes string
 }
 
 func main() {
@@ -84,6 +91,10 @@ func run(args []string) error {
 	fs.IntVar(&cfg.KubeBurst, "kube-api-burst", 100, "burst of queries to the API server")
 	fs.BoolVar(&cfg.StrictParameters, "strict-parameters", false,
 		"refuse (InvalidArgument) the SecretProviderClass mistakes the upstream Azure provider tolerates; by default they are mounted as upstream mounts them, with a Warning event on the pod")
+	fs.BoolVar(&cfg.SyncSecrets, "sync-secrets", true,
+		"write the Kubernetes Secrets that SecretProviderClasses' secretObjects describe (needs create and patch on Secrets)")
+	fs.StringVar(&cfg.SyncSecretTypes, "sync-secret-types", secretTypes(secretsync.DefaultTypes()),
+		"comma-separated Secret types kvdriver may write (the chart's syncSecret.types; its admission policy refuses any other)")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	klog.InitFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -120,10 +131,15 @@ func run(args []string) error {
 	events := csi.NewPodEvents(kube, "kvdriver", cfg.NodeID)
 	defer events.Shutdown()
 
+	var secrets csi.SecretSyncer
+	if cfg.SyncSecrets {
+		secrets = secretsync.New(kube.CoreV1(), secretsync.Options{Types: parseSecretTypes(cfg.SyncSecretTypes)})
+	}
+
 	classes := csi.NewClassInformer(dyn, cfg.Resync)
 	statuses := csi.NewStatusRecorder(csi.NewPodStatusWriter(dyn), 100*time.Millisecond)
 	node := csi.NewNodeServer(cfg.NodeID, classes, newPublisher(cfg.TmpfsSize, cfg.CacheTTL, cfg.NMIEndpoint), statuses,
-		csi.NodeServerOptions{StrictParameters: cfg.StrictParameters, Events: events})
+		csi.NodeServerOptions{StrictParameters: cfg.StrictParameters, Events: events, Secrets: secrets})
 	ids := csi.NewIdentityServer(cfg.DriverName, version.Version, classes.HasSynced)
 	srv, err := csi.Listen(cfg.Endpoint, ids, node)
 	if err != nil {
@@ -156,6 +172,24 @@ func newPublisher(tmpfsSize string, cacheTTL time.Duration, nmiEndpoint string) 
 		keyvault.NewFetcher(keyvault.Options{CacheTTL: cacheTTL}),
 		identity.NewCredentials(identity.Options{NMIEndpoint: nmiEndpoint}),
 		volume.Options{TmpfsSize: tmpfsSize})
+}
+
+func secretTypes(types []corev1.SecretType) string {
+	s := make([]string, len(types))
+	for i, t := range types {
+		s[i] = string(t)
+	}
+	return strings.Join(s, ",")
+}
+
+func parseSecretTypes(list string) []corev1.SecretType {
+	var types []corev1.SecretType
+	for _, t := range strings.Split(list, ",") {
+		if t = strings.TrimSpace(t); t != "" {
+			types = append(types, corev1.SecretType(t))
+		}
+	}
+	return types
 }
 
 func restConfig(kubeconfig string) (*rest.Config, error) {

@@ -22,6 +22,7 @@ import (
 
 	"github.com/kvnode/kvnode/pkg/identity"
 	"github.com/kvnode/kvnode/pkg/keyvault"
+	"github.com/kvnode/kvnode/pkg/secretsync"
 	"github.com/kvnode/kvnode/pkg/spc"
 	"github.com/kvnode/kvnode/pkg/volume"
 )
@@ -67,6 +68,14 @@ type EventSink interface {
 	PodWarning(pod PodRef, reason, message string)
 }
 
+// SecretSyncer writes the Kubernetes Secrets a class's secretObjects
+// describe from the files just published (secretsync.Syncer). Its errors
+// (secretsync.Errors) never fail a mount: upstream syncs after the mount
+// and only reports what went wrong.
+type SecretSyncer interface {
+	Sync(ctx context.Context, pod secretsync.Pod, objects []spc.SecretObject, files map[string][]byte) error
+}
+
 // PodRef names a pod.
 type PodRef struct {
 	Namespace, Name string
@@ -78,6 +87,9 @@ const (
 	// ReasonParameterWarning: the class holds a mistake the upstream
 	// provider tolerates; the volume is mounted as upstream mounts it.
 	ReasonParameterWarning = "SecretProviderClassWarning"
+	// ReasonSecretSyncFailed: a Secret of the class's secretObjects could
+	// not be written (the upstream driver's reason).
+	ReasonSecretSyncFailed = "FailedToCreateSecret"
 )
 
 // NodeServerOptions tune a NodeServer.
@@ -89,6 +101,9 @@ type NodeServerOptions struct {
 	StrictParameters bool
 	// Events records events on pods; nil records none.
 	Events EventSink
+	// Secrets syncs secretObjects; nil when sync is disabled, and a class
+	// that has secretObjects then gets a Warning event.
+	Secrets SecretSyncer
 }
 
 // NodeServer is the CSI Node service.
@@ -102,9 +117,9 @@ type NodeServer struct {
 
 	mu       sync.Mutex
 	inFlight map[string]struct{}
-	// warned is, per target path, the class version whose warnings the
-	// pod was last told about: kubelet republishes every minute, and the
-	// pod needs telling once per class change, not once a minute.
+	// warned is, per target path, what the pod was last told about (the
+	// class version and the problems): kubelet republishes every minute,
+	// and the pod needs telling once per change, not once a minute.
 	warned map[string]string
 }
 
@@ -179,7 +194,8 @@ func (s *NodeServer) NodePublishVolume(ctx context.Context, req *csipb.NodePubli
 		return nil, publishError(err)
 	}
 	logger := klog.FromContext(ctx).WithValues("pod", klog.KRef(pod.namespace, pod.name), "class", className)
-	s.warn(logger, req.GetTargetPath(), pod, class, warnings)
+	syncProblems := s.syncSecrets(ctx, pod, class, res.Files)
+	s.warn(logger, req.GetTargetPath(), pod, class, warnings, syncProblems)
 	if res.Mounted || res.Changed {
 		s.statuses.Record(podStatus(s.nodeID, pod, className, req.GetTargetPath(), res.Versions))
 		logger.Info("published", "objects", len(cfg.Objects), "files", len(res.Versions), "mounted", res.Mounted, "rotated", !res.Mounted)
@@ -211,22 +227,52 @@ func (s *NodeServer) NodeUnpublishVolume(ctx context.Context, req *csipb.NodeUnp
 	return &csipb.NodeUnpublishVolumeResponse{}, nil
 }
 
-// warn tells the pod, once per class version, about the mistakes in its
-// class that were tolerated: a Warning event and a log line.
-func (s *NodeServer) warn(logger klog.Logger, target string, pod podInfo, class *spc.SecretProviderClass, warnings []*spc.FieldError) {
-	version := string(class.UID) + "/" + class.ResourceVersion
+// syncSecrets writes the class's secretObjects from the published files
+// and returns what went wrong, one message per Secret.
+func (s *NodeServer) syncSecrets(ctx context.Context, pod podInfo, class *spc.SecretProviderClass, files map[string][]byte) []string {
+	if len(class.Spec.SecretObjects) == 0 {
+		return nil
+	}
+	if s.opts.Secrets == nil {
+		return []string{"spec.secretObjects: not synced: Secret sync is disabled on this node (--sync-secrets=false, chart value syncSecret.enabled)"}
+	}
+	err := s.opts.Secrets.Sync(ctx, secretsync.Pod{Namespace: pod.namespace, Name: pod.name, UID: types.UID(pod.uid)},
+		class.Spec.SecretObjects, files)
+	var problems []string
+	for _, e := range secretsync.Errors(err) {
+		problems = append(problems, e.Error())
+	}
+	return problems
+}
+
+// warn tells the pod, once per change, about the mistakes in its class
+// that were tolerated and the Secrets that could not be synced: a Warning
+// event and a log line for each kind.
+func (s *NodeServer) warn(logger klog.Logger, target string, pod podInfo, class *spc.SecretProviderClass, warnings []*spc.FieldError, syncProblems []string) {
+	told := string(class.UID) + "/" + class.ResourceVersion + "\x00" + spc.Warnings(warnings) + "\x00" + strings.Join(syncProblems, "\x00")
 	s.mu.Lock()
-	seen := s.warned[target] == version
-	s.warned[target] = version
+	seen := s.warned[target] == told
+	s.warned[target] = told
 	s.mu.Unlock()
-	if seen || len(warnings) == 0 {
+	if seen {
 		return
 	}
-	msg := fmt.Sprintf("SecretProviderClass %s/%s: mounted as the upstream Azure provider mounts it, but: %s (--strict-parameters refuses this)",
-		class.Namespace, class.Name, spc.Warnings(warnings))
-	logger.Info("Tolerated mistakes in the SecretProviderClass", "warnings", spc.Warnings(warnings))
+	ref := PodRef{Namespace: pod.namespace, Name: pod.name, UID: types.UID(pod.uid)}
+	if len(warnings) > 0 {
+		logger.Info("Tolerated mistakes in the SecretProviderClass", "warnings", spc.Warnings(warnings))
+		s.event(ref, ReasonParameterWarning, fmt.Sprintf(
+			"SecretProviderClass %s/%s: mounted as the upstream Azure provider mounts it, but: %s (--strict-parameters refuses this)",
+			class.Namespace, class.Name, spc.Warnings(warnings)))
+	}
+	for _, p := range syncProblems {
+		logger.Info("Secret not synced", "problem", p)
+		s.event(ref, ReasonSecretSyncFailed, fmt.Sprintf("SecretProviderClass %s/%s: %s", class.Namespace, class.Name, p))
+	}
+}
+
+func (s *NodeServer) event(pod PodRef, reason, message string) {
 	if s.opts.Events != nil {
-		s.opts.Events.PodWarning(PodRef{Namespace: pod.namespace, Name: pod.name, UID: types.UID(pod.uid)}, ReasonParameterWarning, msg)
+		s.opts.Events.PodWarning(pod, reason, message)
 	}
 }
 

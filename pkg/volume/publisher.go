@@ -69,6 +69,9 @@ type Request struct {
 
 // Result says what a publish did.
 type Result struct {
+	// Files are the files now in the volume, path -> content, for the
+	// Secrets synced from them.
+	Files map[string][]byte
 	// Versions are the object versions now in the volume, one per file.
 	Versions []keyvault.ObjectVersion
 	// Mounted is true when this call mounted the tmpfs (a first publish).
@@ -100,11 +103,12 @@ func (p *Publisher) Publish(ctx context.Context, req Request) (*Result, error) {
 		}
 	}
 	payload := make(map[string]atomicwriter.File, len(fetched.Files))
+	res := &Result{Versions: fetched.Versions, Files: make(map[string][]byte, len(fetched.Files))}
 	for _, f := range fetched.Files {
 		payload[f.Path] = atomicwriter.File{Data: f.Content, Mode: f.Mode}
+		res.Files[f.Path] = f.Content
 	}
 
-	res := &Result{Versions: fetched.Versions}
 	created, err := p.ensureMount(req.TargetPath, res)
 	if err != nil {
 		return nil, err

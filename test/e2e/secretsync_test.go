@@ -318,7 +318,9 @@ func TestSecretSyncUpstreamExamples(t *testing.T) {
 	testenv.RequireNetns(t)
 	cp, emu := startNode(t)
 	// No object cache: a rotation shows at the next republish.
-	d := startKVDriver(t, cp, emu, "--object-cache-ttl", "0")
+	// kvdriver only mounts here; the test syncs with its own Syncer, whose
+	// requests it counts (TestKVDriverSyncsSecrets has the binary sync).
+	d := startKVDriver(t, cp, emu, "--object-cache-ttl", "0", "--sync-secrets=false")
 	e := startSyncEnv(t, cp)
 	cert := seedSyncVault(t, d)
 	clock := clocktesting.NewFakeClock(time.Now())
@@ -734,6 +736,7 @@ func TestSecretSyncChartRights(t *testing.T) {
 	baseRules := []any{
 		map[string]any{"apiGroups": []any{"secrets-store.csi.x-k8s.io"}, "resources": []any{"secretproviderclasses"}, "verbs": []any{"get", "list", "watch"}},
 		map[string]any{"apiGroups": []any{"secrets-store.csi.x-k8s.io"}, "resources": []any{"secretproviderclasspodstatuses"}, "verbs": []any{"get", "create", "update"}},
+		map[string]any{"apiGroups": []any{""}, "resources": []any{"events"}, "verbs": []any{"create", "patch"}},
 	}
 	secretRule := map[string]any{"apiGroups": []any{""}, "resources": []any{"secrets"}, "verbs": []any{"create", "patch"}}
 	for _, tc := range []struct {
@@ -742,9 +745,9 @@ func TestSecretSyncChartRights(t *testing.T) {
 		rules  []any
 		policy bool
 	}{
-		{"defaults", nil, append(baseRules[:2:2], secretRule), true},
+		{"defaults", nil, append(baseRules[:3:3], secretRule), true},
 		{"sync off", []string{"syncSecret.enabled=false"}, baseRules, false},
-		{"policy off (clusters before 1.30)", []string{"syncSecret.admissionPolicy.enabled=false"}, append(baseRules[:2:2], secretRule), false},
+		{"policy off (clusters before 1.30)", []string{"syncSecret.admissionPolicy.enabled=false"}, append(baseRules[:3:3], secretRule), false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			byKind := kinds(renderChart(t, tc.values...))
@@ -773,4 +776,82 @@ func TestSecretSyncChartRights(t *testing.T) {
 				"the policy's types are the Syncer's defaults")
 		})
 	}
+}
+
+// TestKVDriverSyncsSecrets: the kvdriver binary, under the chart's RBAC and
+// admission policy, writes the Secrets of a class's secretObjects when it
+// publishes (the upstream docs' env-var and ingress TLS examples), owned by
+// the consumer pods; a rotation updates them at the next republish; a bad
+// entry and a disabled sync are Warning events on the pod, never a failed
+// mount; and no Secret value reaches the driver's log.
+func TestKVDriverSyncsSecrets(t *testing.T) {
+	testenv.RequireNetns(t)
+	cp, emu := startNode(t)
+	d := startKVDriver(t, cp, emu, "--object-cache-ttl", "0", "-v", "10")
+	disabled := startKVDriver(t, cp, emu, "--object-cache-ttl", "0", "--sync-secrets=false")
+	e := startSyncEnv(t, cp)
+	cert := seedSyncVault(t, d)
+	ctx := callCtx(t)
+
+	envClass := []spc.SecretObject{{SecretName: "foosecret", Type: "Opaque", Labels: map[string]string{"environment": "test"},
+		Data: []spc.SecretObjectData{{ObjectName: "secretalias", Key: "username"}}}}
+	d.createSyncClass(t, "azure-sync", "array:\n  - |\n    objectName: username\n    objectType: secret\n    objectAlias: secretalias\n", envClass)
+	tlsClass := []spc.SecretObject{{SecretName: "ingress-tls-csi", Type: "kubernetes.io/tls",
+		Data: []spc.SecretObjectData{{ObjectName: "ingresscert", Key: "tls.key"}, {ObjectName: "ingresscert", Key: "tls.crt"}}}}
+	d.createSyncClass(t, "azure-tls", "array:\n  - |\n    objectName: ingresscert\n    objectType: secret\n", tlsClass)
+	badClass := []spc.SecretObject{{SecretName: "bad", Type: "Opaque", Data: []spc.SecretObjectData{{ObjectName: "not-mounted", Key: "k"}}}}
+	d.createSyncClass(t, "azure-bad-sync", "array:\n  - |\n    objectName: username\n    objectType: secret\n", badClass)
+	d.waitForClasses(t, syncNamespace)
+	disabled.waitForClasses(t, syncNamespace)
+
+	web0, web1 := e.createPod(t, "web-0"), e.createPod(t, "web-1")
+	for _, pod := range []*corev1.Pod{web0, web1} {
+		d.publish(t, pod, "azure-sync")
+		d.publish(t, pod, "azure-tls")
+	}
+	assertSecret(t, e.secret(t, "foosecret"), corev1.SecretTypeOpaque,
+		map[string]string{"environment": "test", secretsync.ManagedLabel: "true"}, nil,
+		map[string][]byte{"username": []byte(syncValue1)}, podOwners(web0, web1))
+	assertSecret(t, e.secret(t, "ingress-tls-csi"), corev1.SecretTypeTLS,
+		map[string]string{secretsync.ManagedLabel: "true"}, nil, upstreamTLS(t, cert), podOwners(web0, web1))
+
+	// A rotation reaches the Secret at kubelet's next republish.
+	_, err := emu.SetSecret(e2eVault, "username", syncValue2, emulator.SecretOptions{})
+	require.NoError(t, err)
+	d.publish(t, web0, "azure-sync")
+	assert.Equal(t, syncValue2, string(e.secret(t, "foosecret").Data["username"]))
+
+	// A bad entry: the volume mounts, the pod is told.
+	bad := e.createPod(t, "bad-0")
+	files := d.publish(t, bad, "azure-bad-sync")
+	assert.Equal(t, syncValue2, string(files["username"]))
+	requireWarning(t, cp, bad, "FailedToCreateSecret", "secretObjects[0].data[0].objectName")
+	_, err = cp.Client.CoreV1().Secrets(syncNamespace).Get(ctx, "bad", metav1.GetOptions{})
+	assert.True(t, apierrors.IsNotFound(err), "nothing written for a bad entry: %v", err)
+
+	// Sync disabled: the volume mounts, the pod is told.
+	off := e.createPod(t, "off-0")
+	disabled.publish(t, off, "azure-sync")
+	requireWarning(t, cp, off, "FailedToCreateSecret", "Secret sync is disabled on this node")
+
+	assertNoSecretIn(t, d.logs.String(), syncValue1, syncValue2)
+}
+
+// requireWarning waits for a Warning event on pod with reason and a message
+// containing want.
+func requireWarning(t *testing.T, cp *controlplane.ControlPlane, pod *corev1.Pod, reason, want string) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		list, err := cp.Client.CoreV1().Events(pod.Namespace).List(context.Background(), metav1.ListOptions{
+			FieldSelector: "involvedObject.name=" + pod.Name + ",type=Warning,reason=" + reason})
+		if err != nil {
+			return false
+		}
+		for _, ev := range list.Items {
+			if strings.Contains(ev.Message, want) {
+				return true
+			}
+		}
+		return false
+	}, 10*time.Second, 50*time.Millisecond, "no %s event on %s saying %q", reason, pod.Name, want)
 }
