@@ -56,7 +56,9 @@ func toleratedCases() []tolerated {
 		{name: "clientID without a token", params: badParams("clientID", wiClientID),
 			files: dbOnly, warnings: []string{"clientID: is ignored: kubelet passed no service-account token"}},
 		{name: "Secret keys in camel case", params: badParams(),
-			edit:  func(r *csipb.NodePublishVolumeRequest) { r.Secrets = map[string]string{"clientId": spClientID, "ClientSecret": spSecret} },
+			edit: func(r *csipb.NodePublishVolumeRequest) {
+				r.Secrets = map[string]string{"clientId": spClientID, "ClientSecret": spSecret}
+			},
 			files: dbOnly},
 	}
 }
