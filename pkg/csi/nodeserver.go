@@ -189,9 +189,15 @@ func (s *NodeServer) NodePublishVolume(ctx context.Context, req *csipb.NodePubli
 		VaultURL:   cfg.VaultURL(),
 		Objects:    cfg.Objects,
 		Identity:   idReq,
+		// Mistakes only the fetched objects show (objectFormat pfx on a
+		// secret that is no PFX) are refused before anything is mounted.
+		RefuseWarnings: s.opts.StrictParameters,
 	})
 	if err != nil {
 		return nil, publishError(err)
+	}
+	for _, w := range res.Warnings {
+		warnings = append(warnings, &spc.FieldError{Field: w.Field, Detail: w.Detail})
 	}
 	logger := klog.FromContext(ctx).WithValues("pod", klog.KRef(pod.namespace, pod.name), "class", className)
 	syncProblems := s.syncSecrets(ctx, pod, class, res.Files)

@@ -200,10 +200,15 @@ func (d *Driver) mount(ctx context.Context, dir, rawOptions string) Result {
 		Objects:    vol.Objects,
 		Identity:   vol.Identity,
 		Owner:      vol.Owner,
+		// With --strict-parameters, what only the fetched objects show.
+		RefuseWarnings: d.opts.StrictParameters,
 	})
 	if err != nil {
 		logger.Error(err, "mount failed")
 		return Failure("mount %s: %v", dir, err)
+	}
+	for _, w := range res.Warnings {
+		logger.Info("Tolerated a mistake in the options", "option", w.Field, "problem", w.Detail)
 	}
 	logger.Info("mounted", "objects", len(vol.Objects), "files", len(res.Versions), "newMount", res.Mounted)
 	return Result{Status: StatusSuccess}

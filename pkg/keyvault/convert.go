@@ -32,52 +32,168 @@ const (
 	pemCertificate = "CERTIFICATE"
 )
 
-// SecretContent converts a secret's value, as Key Vault returns it, into the
-// bytes of the file for obj. contentType is the secret's content type:
+// Secret is a secret as Key Vault returns it.
+type Secret struct {
+	Value       string
+	ContentType string
+	// CertificateBacked is set for the secret that backs a certificate
+	// (Key Vault gives it a kid): only those are converted.
+	CertificateBacked bool
+}
+
+// SecretContent converts a secret, as Key Vault returns it, into the bytes
+// of the file for obj, as the upstream Azure provider writes them, with the
+// certificate chain in order. warning is a tolerated mistake in obj
+// ("" if none); the content is then what upstream writes.
 //
-//   - application/x-pkcs12 (a certificate's secret) with format pem: the PFX,
-//     base64 in value, becomes PEM: the private key (PKCS#8) first, then the
-//     certificates from the leaf to the root (see PFXToPEM). Encoding is not
-//     used: Key Vault always stores a PFX as base64.
-//   - application/x-pkcs12 with format pfx: the PFX itself, as the base64 text
-//     Key Vault stores, or with encoding base64 the decoded binary.
-//   - application/x-pem-file (a certificate's secret in PEM): the value as is.
-//   - anything else: the value decoded by obj.Encoding (utf-8: as is).
+//   - A certificate-backed secret stored as application/x-pkcs12, format
+//     pem (the default): the PFX becomes PEM, the private key (PKCS#8)
+//     first, then the certificates from the leaf to the root (see
+//     PFXToPEM). Encoding is not used: Key Vault always stores a PFX as
+//     base64.
+//   - The same with format pfx: the PFX as stored (base64 text), decoded by
+//     obj.Encoding (base64: the binary PFX).
+//   - A certificate-backed secret stored as application/x-pem-file: the PEM
+//     with its private key first and its certificates ordered leaf to root
+//     (kept as stored when already in that order, or when the chain is
+//     incomplete), decoded by obj.Encoding when that is not utf-8, as
+//     upstream decodes it. Format pfx does not apply (a warning; upstream
+//     writes the PEM).
+//   - A certificate-backed secret of another content type is an error, as
+//     upstream.
+//   - Any other secret, whatever its content type: the value as stored,
+//     decoded by obj.Encoding (utf-8: as is). Format pfx does not apply (a
+//     warning; upstream writes the value as stored).
 //
 // Errors name the object, the encoding or format, never the value.
-func SecretContent(obj Object, value, contentType string) ([]byte, error) {
+func SecretContent(obj Object, secret Secret) (content []byte, warning string, err error) {
 	format, err := normalizeFormat(obj.Format)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	enc, err := normalizeEncoding(obj.Encoding)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
-	ct := strings.ToLower(strings.TrimSpace(contentType))
+	value := secret.Value
+	ct := strings.ToLower(strings.TrimSpace(secret.ContentType))
+	if !secret.CertificateBacked {
+		if format == FormatPFX {
+			warning = fmt.Sprintf("objectFormat pfx applies to the secret of a certificate; %s is a plain secret (content type %q), written as stored, as the upstream provider writes it",
+				obj.Name, secret.ContentType)
+		}
+		content, err := decodeValue(obj.Name, value, enc)
+		return content, warning, err
+	}
 	switch {
 	case ct == ContentTypePKCS12 && format == FormatPFX:
-		if enc == EncodingBase64 {
-			return decodeValue(obj.Name, value, EncodingBase64)
-		}
-		return []byte(value), nil
-	case format == FormatPFX:
-		return nil, fmt.Errorf("secret %s: objectFormat pfx needs a certificate stored as %s, the secret's content type is %q", obj.Name, ContentTypePKCS12, contentType)
+		content, err := decodeValue(obj.Name, value, enc)
+		return content, "", err
 	case ct == ContentTypePKCS12:
 		pfx, err := base64.StdEncoding.DecodeString(strings.TrimSpace(value))
 		if err != nil {
-			return nil, fmt.Errorf("secret %s: content type %s but the value is not base64: %w", obj.Name, ContentTypePKCS12, scrubbed(err))
+			return nil, "", fmt.Errorf("secret %s: content type %s but the value is not base64: %w", obj.Name, ContentTypePKCS12, scrubbed(err))
 		}
 		out, err := PFXToPEM(pfx)
 		if err != nil {
-			return nil, fmt.Errorf("secret %s: %w", obj.Name, err)
+			return nil, "", fmt.Errorf("secret %s: %w", obj.Name, err)
 		}
-		return out, nil
+		return out, "", nil
 	case ct == ContentTypePEM:
-		return []byte(value), nil
+		if format == FormatPFX {
+			warning = fmt.Sprintf("objectFormat pfx: the certificate %s is stored as %s, not as a PFX; written as PEM, as the upstream provider writes it",
+				obj.Name, ContentTypePEM)
+		}
+		if enc != EncodingUTF8 {
+			content, err := decodeValue(obj.Name, value, enc)
+			return content, warning, err
+		}
+		return OrderPEM([]byte(value)), warning, nil
 	default:
-		return decodeValue(obj.Name, value, enc)
+		return nil, "", fmt.Errorf("secret %s backs a certificate but its content type %q is neither %s nor %s",
+			obj.Name, secret.ContentType, ContentTypePKCS12, ContentTypePEM)
 	}
+}
+
+// OrderPEM puts a PEM bundle in the order PFXToPEM writes: the private
+// key(s) first, then the certificates from the leaf to the root (see
+// OrderChain: the leaf is the certificate of the bundle's key; an
+// incomplete chain keeps its stored order after the leaf). Blocks are kept
+// as stored, key formats included. A bundle already in that order, or one
+// that is not all PEM (text before, between or after the blocks), or whose
+// certificates do not parse, is returned unchanged.
+func OrderPEM(bundle []byte) []byte {
+	var keys, others []*pem.Block
+	var certs []*x509.Certificate
+	var order []string // block kinds in stored order: "key", "cert"
+	rest := bytes.TrimSpace(bundle)
+	for len(rest) > 0 {
+		if !bytes.HasPrefix(rest, []byte("-----BEGIN ")) {
+			return bundle // not only PEM blocks: leave it alone
+		}
+		b, r := pem.Decode(rest)
+		if b == nil {
+			return bundle
+		}
+		rest = bytes.TrimSpace(r)
+		switch {
+		case b.Type == pemCertificate:
+			c, err := x509.ParseCertificate(b.Bytes)
+			if err != nil {
+				return bundle
+			}
+			certs = append(certs, c)
+			order = append(order, "cert")
+		case strings.HasSuffix(b.Type, "PRIVATE KEY"):
+			keys = append(keys, b)
+			order = append(order, "key")
+		default:
+			others = append(others, b)
+			order = append(order, "other")
+		}
+	}
+	var leafKey crypto.PublicKey
+	if len(keys) == 1 {
+		if k, err := parsePrivateKeyBlock(keys[0]); err == nil {
+			if s, ok := k.(crypto.Signer); ok {
+				leafKey = s.Public()
+			}
+		}
+	}
+	ordered := OrderChain(certs, leafKey)
+	inOrder := true
+	for i, kind := range order {
+		if kind == "key" && i >= len(keys) {
+			inOrder = false
+		}
+	}
+	for i := range certs {
+		if certs[i] != ordered[i] {
+			inOrder = false
+		}
+	}
+	if inOrder || len(others) > 0 {
+		return bundle
+	}
+	var buf bytes.Buffer
+	for _, k := range keys {
+		buf.Write(pem.EncodeToMemory(k))
+	}
+	for _, c := range ordered {
+		buf.Write(pem.EncodeToMemory(&pem.Block{Type: pemCertificate, Bytes: c.Raw}))
+	}
+	return buf.Bytes()
+}
+
+// parsePrivateKeyBlock parses a PKCS#8, PKCS#1 or SEC 1 private key.
+func parsePrivateKeyBlock(b *pem.Block) (crypto.PrivateKey, error) {
+	if k, err := x509.ParsePKCS8PrivateKey(b.Bytes); err == nil {
+		return k, nil
+	}
+	if k, err := x509.ParsePKCS1PrivateKey(b.Bytes); err == nil {
+		return k, nil
+	}
+	return x509.ParseECPrivateKey(b.Bytes)
 }
 
 // decodeValue decodes a secret's value with enc.

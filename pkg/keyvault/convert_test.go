@@ -1,6 +1,7 @@
 package keyvault
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -184,7 +185,8 @@ func TestSecretContentEncodings(t *testing.T) {
 			if tc.name == "unknown format" {
 				obj.Format = "der"
 			}
-			got, err := SecretContent(obj, tc.value, tc.contType)
+			got, warning, err := SecretContent(obj, Secret{Value: tc.value, ContentType: tc.contType})
+			assert.Empty(t, warning)
 			if tc.wantErr != "" {
 				require.Error(t, err)
 				assert.Contains(t, err.Error(), tc.wantErr)
@@ -198,13 +200,87 @@ func TestSecretContentEncodings(t *testing.T) {
 	}
 }
 
-func TestSecretContentPEMFileIsWrittenAsIs(t *testing.T) {
-	value := "-----BEGIN PRIVATE KEY-----\nnot parsed\n-----END PRIVATE KEY-----\n"
-	for _, enc := range []Encoding{"", EncodingBase64, EncodingHex} {
-		got, err := SecretContent(Object{Name: "c", Encoding: enc}, value, ContentTypePEM)
-		require.NoError(t, err, "encoding %q", enc)
-		assert.Equal(t, value, string(got))
+func TestSecretContentPEMFileOfACertificate(t *testing.T) {
+	c := newTestChain(t, 3, nil, false)
+	keyDER, err := x509.MarshalPKCS8PrivateKey(c.leafKey)
+	require.NoError(t, err)
+	keyBlock := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
+	cert := func(i int) []byte { return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.certs[i].Raw}) }
+	join := func(parts ...[]byte) string { return string(bytes.Join(parts, nil)) }
+	inOrder := join(keyBlock, cert(0), cert(1), cert(2))
+	pemSecret := func(value string) Secret {
+		return Secret{Value: value, ContentType: ContentTypePEM, CertificateBacked: true}
 	}
+
+	// Upload order is kept by Key Vault; the file is put in TLS order.
+	got, warning, err := SecretContent(Object{Name: "web"}, pemSecret(join(cert(2), cert(0), keyBlock, cert(1))))
+	require.NoError(t, err)
+	assert.Empty(t, warning)
+	assert.Equal(t, inOrder, string(got))
+	requireKeyAndChain(t, got, c.leafKey, c.certs)
+
+	// Already in order: written byte for byte as stored, as upstream.
+	stored := "\n" + inOrder + "\n"
+	got, _, err = SecretContent(Object{Name: "web"}, pemSecret(stored))
+	require.NoError(t, err)
+	assert.Equal(t, stored, string(got))
+
+	// Not only PEM: as stored.
+	v := "comment\n" + join(cert(1), cert(0))
+	got, _, err = SecretContent(Object{Name: "web"}, pemSecret(v))
+	require.NoError(t, err)
+	assert.Equal(t, v, string(got))
+
+	// An incomplete chain keeps its stored order after the leaf, as the
+	// PFX path does.
+	got, _, err = SecretContent(Object{Name: "web"}, pemSecret(join(cert(2), keyBlock, cert(0))))
+	require.NoError(t, err)
+	assert.Equal(t, join(keyBlock, cert(0), cert(2)), string(got))
+
+	// objectFormat pfx does not apply: a warning, the PEM written.
+	got, warning, err = SecretContent(Object{Name: "web", Format: FormatPFX}, pemSecret(inOrder))
+	require.NoError(t, err)
+	assert.Equal(t, inOrder, string(got))
+	assert.Contains(t, warning, "objectFormat pfx: the certificate web is stored as application/x-pem-file")
+
+	// objectEncoding decodes the stored text, as upstream: PEM is not base64.
+	_, _, err = SecretContent(Object{Name: "web", Encoding: EncodingBase64}, pemSecret(inOrder))
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "objectEncoding base64: the value is not valid base64")
+
+	// Another content type on a certificate's secret fails, as upstream.
+	_, _, err = SecretContent(Object{Name: "web"}, Secret{Value: plantedValue, ContentType: "text/plain", CertificateBacked: true})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), `backs a certificate but its content type "text/plain"`)
+	assert.NotContains(t, err.Error(), plantedValue)
+}
+
+// A secret that backs no certificate is written as stored whatever its
+// content type, as upstream writes it: only certificates' secrets convert.
+func TestSecretContentPlainSecretIsWrittenAsStored(t *testing.T) {
+	c := newTestChain(t, 2, nil, false)
+	pfx := encodePFX(t, c.leafKey, c.certs[0], c.certs[1:])
+	stored := base64.StdEncoding.EncodeToString(pfx)
+	plain := Secret{Value: stored, ContentType: ContentTypePKCS12}
+
+	got, warning, err := SecretContent(Object{Name: "bundle"}, plain)
+	require.NoError(t, err)
+	assert.Empty(t, warning)
+	assert.Equal(t, stored, string(got), "the base64 text as stored")
+
+	got, _, err = SecretContent(Object{Name: "bundle", Encoding: EncodingBase64}, plain)
+	require.NoError(t, err)
+	assert.Equal(t, pfx, got, "objectEncoding base64: the binary PFX")
+
+	got, warning, err = SecretContent(Object{Name: "bundle", Format: FormatPFX}, Secret{Value: "hello"})
+	require.NoError(t, err)
+	assert.Equal(t, "hello", string(got))
+	assert.Contains(t, warning, "objectFormat pfx applies to the secret of a certificate; bundle is a plain secret")
+
+	pemText := "-----BEGIN CERTIFICATE-----\nnot parsed\n-----END CERTIFICATE-----\n"
+	got, _, err = SecretContent(Object{Name: "p"}, Secret{Value: pemText, ContentType: ContentTypePEM})
+	require.NoError(t, err)
+	assert.Equal(t, pemText, string(got), "a plain secret's PEM is not reordered or parsed")
 }
 
 func TestSecretContentPFXToPEM(t *testing.T) {
@@ -235,7 +311,7 @@ func TestSecretContentPFXToPEM(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			pfx := encodePFX(t, tc.key, tc.first, tc.rest)
-			out, err := SecretContent(Object{Name: "web"}, base64.StdEncoding.EncodeToString(pfx), ContentTypePKCS12)
+			out, _, err := SecretContent(Object{Name: "web"}, certSecret(base64.StdEncoding.EncodeToString(pfx)))
 			require.NoError(t, err)
 			requireKeyAndChain(t, out, tc.key, tc.want)
 
@@ -251,11 +327,11 @@ func TestSecretContentPFXFormat(t *testing.T) {
 	pfx := encodePFX(t, c.leafKey, c.certs[0], pick(c.certs, 2, 1))
 	stored := base64.StdEncoding.EncodeToString(pfx)
 
-	got, err := SecretContent(Object{Name: "web", Format: FormatPFX}, stored, ContentTypePKCS12)
+	got, _, err := SecretContent(Object{Name: "web", Format: FormatPFX}, certSecret(stored))
 	require.NoError(t, err)
 	assert.Equal(t, stored, string(got), "pfx without encoding is the base64 text as stored")
 
-	got, err = SecretContent(Object{Name: "web", Format: "PFX", Encoding: EncodingBase64}, stored, ContentTypePKCS12)
+	got, _, err = SecretContent(Object{Name: "web", Format: "PFX", Encoding: EncodingBase64}, certSecret(stored))
 	require.NoError(t, err)
 	assert.Equal(t, pfx, got, "pfx with base64 encoding is the binary")
 	key, leaf, _, err := pkcs12.DecodeChain(got, "")
@@ -263,12 +339,13 @@ func TestSecretContentPFXFormat(t *testing.T) {
 	assert.Equal(t, c.certs[0].Raw, leaf.Raw)
 	assert.NotNil(t, key)
 
-	_, err = SecretContent(Object{Name: "web", Format: FormatPFX}, "-----BEGIN CERTIFICATE-----", ContentTypePEM)
-	require.Error(t, err)
-	assert.Contains(t, err.Error(), "objectFormat pfx needs a certificate stored as application/x-pkcs12")
-	_, err = SecretContent(Object{Name: "plain", Format: FormatPFX}, plantedValue, "")
-	require.Error(t, err)
-	assert.NotContains(t, err.Error(), plantedValue)
+	_, _, err = SecretContent(Object{Name: "web", Format: FormatPFX, Encoding: EncodingHex}, certSecret(stored))
+	require.Error(t, err, "hex decodes the stored text, as upstream")
+}
+
+// certSecret is a certificate's secret stored as a PFX.
+func certSecret(value string) Secret {
+	return Secret{Value: value, ContentType: ContentTypePKCS12, CertificateBacked: true}
 }
 
 func TestSecretContentBadPFX(t *testing.T) {
@@ -286,7 +363,7 @@ func TestSecretContentBadPFX(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := SecretContent(Object{Name: "web"}, tc.value, ContentTypePKCS12)
+			_, _, err := SecretContent(Object{Name: "web"}, certSecret(tc.value))
 			require.Error(t, err)
 			assert.Contains(t, err.Error(), tc.want)
 			assert.NotContains(t, err.Error(), plantedValue)

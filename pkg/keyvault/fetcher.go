@@ -14,9 +14,6 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/runtime"
-	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azcertificates"
-	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azkeys"
-	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets"
 	"golang.org/x/sync/errgroup"
 	"k8s.io/klog/v2"
 )
@@ -126,23 +123,24 @@ func (f *Fetcher) cacheKey(s *session, obj *Object, version string, list bool) (
 	return k, true
 }
 
-// get fetches one version of obj through the object cache.
-func (f *Fetcher) get(ctx context.Context, s *session, obj *Object, version string) ([]byte, string, error) {
+// get fetches one version of obj through the object cache; it returns the
+// content, the version fetched and a tolerated mistake in obj.
+func (f *Fetcher) get(ctx context.Context, s *session, obj *Object, version string) ([]byte, string, string, error) {
 	key, ok := f.cacheKey(s, obj, version, false)
 	if !ok {
 		return s.get(ctx, obj, version)
 	}
 	e, err := f.objects.get(ctx, key, func(fctx context.Context) (*cachedObject, error) {
-		content, got, err := s.get(fctx, obj, version)
+		content, got, warning, err := s.get(fctx, obj, version)
 		if err != nil {
 			return nil, err
 		}
-		return &cachedObject{content: content, version: got}, nil
+		return &cachedObject{content: content, version: got, warning: warning}, nil
 	})
 	if err != nil {
-		return nil, "", f.waitError(s, obj, version, err)
+		return nil, "", "", f.waitError(s, obj, version, err)
 	}
-	return e.content, e.version, nil
+	return e.content, e.version, e.warning, nil
 }
 
 // listVersions lists obj's history through the object cache.
@@ -215,14 +213,27 @@ type ObjectVersion struct {
 
 // Result is what a Fetch produced: all the files, or none.
 type Result struct {
+	// Warnings are mistakes in the objects that the upstream provider
+	// tolerates when it sees the fetched object (objectFormat pfx on a
+	// secret that is no PFX); the files are what upstream writes.
+	Warnings []ObjectWarning
 	// Files in the order of Request.Objects, a history's files 0 to N-1.
 	Files []File
 	// Versions parallels Files.
 	Versions []ObjectVersion
 }
 
+// ObjectWarning is a tolerated mistake in one object.
+type ObjectWarning struct {
+	// Object is the object's position in Request.Objects.
+	Object int
+	// Field is one of the Field constants.
+	Field, Detail string
+}
+
 // job is one GET: an object, or one version of an object's history.
 type job struct {
+	index   int // of the object in Request.Objects
 	obj     *Object
 	version string
 	path    string
@@ -281,23 +292,25 @@ func (f *Fetcher) Fetch(ctx context.Context, req Request) (*Result, error) {
 		o := &req.Objects[i]
 		id := string(o.Type) + "/" + o.Name
 		if o.VersionHistory <= 1 {
-			jobs = append(jobs, job{obj: o, version: o.Version, path: o.FileName(), id: id})
+			jobs = append(jobs, job{index: i, obj: o, version: o.Version, path: o.FileName(), id: id})
 			continue
 		}
 		for n, v := range histories[i] {
-			jobs = append(jobs, job{obj: o, version: v, path: o.FileName() + "/" + strconv.Itoa(n), id: id + "/" + strconv.Itoa(n)})
+			jobs = append(jobs, job{index: i, obj: o, version: v, path: o.FileName() + "/" + strconv.Itoa(n), id: id + "/" + strconv.Itoa(n)})
 		}
 	}
 	res := &Result{Files: make([]File, len(jobs)), Versions: make([]ObjectVersion, len(jobs))}
+	warnings := make([]string, len(jobs))
 	g, gctx = errgroup.WithContext(ctx)
 	g.SetLimit(f.parallel)
 	for i := range jobs {
 		j := &jobs[i]
 		g.Go(func() error {
-			content, version, err := f.get(gctx, s, j.obj, j.version)
+			content, version, warning, err := f.get(gctx, s, j.obj, j.version)
 			if err != nil {
 				return err
 			}
+			warnings[i] = warning
 			mode := j.obj.FileMode
 			if mode == 0 {
 				mode = DefaultFileMode
@@ -310,6 +323,13 @@ func (f *Fetcher) Fetch(ctx context.Context, req Request) (*Result, error) {
 	if err := g.Wait(); err != nil {
 		return nil, err
 	}
+	warned := map[int]bool{}
+	for i, w := range warnings {
+		if w != "" && !warned[jobs[i].index] {
+			warned[jobs[i].index] = true
+			res.Warnings = append(res.Warnings, ObjectWarning{Object: jobs[i].index, Field: FieldFormat, Detail: w})
+		}
+	}
 	klog.FromContext(ctx).V(4).Info("Fetched Key Vault objects", "vault", vault, "objects", len(req.Objects), "files", len(res.Files), "duration", time.Since(start))
 	return res, nil
 }
@@ -320,6 +340,7 @@ type session struct {
 	vault string
 	vc    *vaultClients
 	key   clientKey
+	raws  rawCalls
 }
 
 // fail wraps an error about obj.
@@ -338,72 +359,20 @@ func (s *session) fail(op string, obj *Object, version string, kind Kind, err er
 	return &Error{Kind: kind, Op: op, Type: obj.Type, Vault: s.vault, Object: name, Err: err}
 }
 
-// get fetches one version (empty: the latest) of obj and converts it.
-func (s *session) get(ctx context.Context, obj *Object, version string) ([]byte, string, error) {
-	var (
-		content []byte
-		got     string
-		convErr error
-	)
-	switch obj.Type {
-	case TypeSecret:
-		err := s.vc.secretsFirst.do(ctx, func() error {
-			resp, err := s.vc.secrets.GetSecret(ctx, obj.Name, version, nil)
-			if err != nil {
-				return err
-			}
-			if resp.ID != nil {
-				got = resp.ID.Version()
-			}
-			if resp.Value == nil {
-				convErr = errors.New("the secret has no value")
-				return nil
-			}
-			ct := ""
-			if resp.ContentType != nil {
-				ct = *resp.ContentType
-			}
-			content, convErr = SecretContent(*obj, *resp.Value, ct)
-			return nil
-		})
-		if err != nil {
-			return nil, "", s.fail("fetch", obj, version, KindUnknown, err)
-		}
-	case TypeKey:
-		err := s.vc.keysFirst.do(ctx, func() error {
-			resp, err := s.vc.keys.GetKey(ctx, obj.Name, version, nil)
-			if err != nil {
-				return err
-			}
-			if resp.Key != nil && resp.Key.KID != nil {
-				got = resp.Key.KID.Version()
-			}
-			content, convErr = KeyPEM(resp.Key)
-			return nil
-		})
-		if err != nil {
-			return nil, "", s.fail("fetch", obj, version, KindUnknown, err)
-		}
-	case TypeCert:
-		err := s.vc.certsFirst.do(ctx, func() error {
-			resp, err := s.vc.certs.GetCertificate(ctx, obj.Name, version, nil)
-			if err != nil {
-				return err
-			}
-			if resp.ID != nil {
-				got = resp.ID.Version()
-			}
-			content, convErr = CertificatePEM(resp.CER)
-			return nil
-		})
-		if err != nil {
-			return nil, "", s.fail("fetch", obj, version, KindUnknown, err)
-		}
+// get fetches one version (empty: the latest) of obj and converts it; it
+// returns the content, the version fetched and a tolerated mistake in obj
+// ("" if none). Objects of one Fetch that name the same object and version
+// share one GET (a certificate's secret mounted as PEM and as PFX, say).
+func (s *session) get(ctx context.Context, obj *Object, version string) ([]byte, string, string, error) {
+	raw, err := s.raws.get(ctx, s, obj, version)
+	if err != nil {
+		return nil, "", "", err
 	}
-	if convErr != nil {
-		return nil, "", s.fail("convert", obj, version, KindConversion, convErr)
+	content, warning, err := raw.render(obj)
+	if err != nil {
+		return nil, "", "", s.fail("convert", obj, version, KindConversion, err)
 	}
-	return content, got, nil
+	return content, raw.version, warning, nil
 }
 
 // versionInfo is one version from a versions listing.
@@ -427,54 +396,7 @@ func (s *session) listVersions(ctx context.Context, obj *Object) ([]string, erro
 		}
 		all = append(all, vi)
 	}
-	var err error
-	switch obj.Type {
-	case TypeSecret:
-		err = s.vc.secretsFirst.do(ctx, func() error {
-			return eachPage(ctx, s.vc.secrets.NewListSecretPropertiesVersionsPager(obj.Name, nil), func(page azsecrets.ListSecretPropertiesVersionsResponse) {
-				for _, it := range page.Value {
-					if it == nil || it.ID == nil {
-						continue
-					}
-					var a azsecrets.SecretAttributes
-					if it.Attributes != nil {
-						a = *it.Attributes
-					}
-					add(a.Enabled, a.Created, it.ID.Version())
-				}
-			})
-		})
-	case TypeKey:
-		err = s.vc.keysFirst.do(ctx, func() error {
-			return eachPage(ctx, s.vc.keys.NewListKeyPropertiesVersionsPager(obj.Name, nil), func(page azkeys.ListKeyPropertiesVersionsResponse) {
-				for _, it := range page.Value {
-					if it == nil || it.KID == nil {
-						continue
-					}
-					var a azkeys.KeyAttributes
-					if it.Attributes != nil {
-						a = *it.Attributes
-					}
-					add(a.Enabled, a.Created, it.KID.Version())
-				}
-			})
-		})
-	case TypeCert:
-		err = s.vc.certsFirst.do(ctx, func() error {
-			return eachPage(ctx, s.vc.certs.NewListCertificatePropertiesVersionsPager(obj.Name, nil), func(page azcertificates.ListCertificatePropertiesVersionsResponse) {
-				for _, it := range page.Value {
-					if it == nil || it.ID == nil {
-						continue
-					}
-					var a azcertificates.CertificateAttributes
-					if it.Attributes != nil {
-						a = *it.Attributes
-					}
-					add(a.Enabled, a.Created, it.ID.Version())
-				}
-			})
-		})
-	}
+	err := kindOf(obj.Type).versions(ctx, s.vc, obj.Name, add)
 	if err != nil {
 		return nil, s.fail("list versions of", obj, "", KindUnknown, err)
 	}

@@ -163,16 +163,19 @@ func TestFetchEveryObjectKind(t *testing.T) {
 		{Name: "web", Type: TypeSecret, Alias: "web.pfx.b64", Format: FormatPFX},
 		{Name: "web", Type: TypeKey, Alias: "web.pub"},
 		{Name: "web4", Type: TypeSecret, Alias: "web4.pem"},
-		{Name: "web-pem", Type: TypeSecret, Alias: "web-pem.pem", Encoding: EncodingBase64},
+		{Name: "web-pem", Type: TypeSecret, Alias: "web-pem.pem"},
 	}
 	for _, crv := range []string{"P-256", "P-384", "P-521"} {
 		objs = append(objs, Object{Name: ecKeys[crv], Type: TypeKey})
 	}
 	f := env.fetcher(Options{})
+	env.e.ResetRequests()
 	res, err := f.Fetch(ctx, env.request(t, objs...))
 	require.NoError(t, err)
 	got := files(t, res)
 	require.Len(t, got, len(objs))
+	assert.Equal(t, 1, env.e.CountRequests(emulator.RequestFilter{Service: emulator.ServiceKeyVault, Method: "GET", Object: "secrets/web", Status: http.StatusOK}),
+		"one GET of the certificate's secret for its three files")
 
 	assert.Equal(t, File{Path: "db-password", Content: []byte("s3cret\n"), Mode: 0o600}, got["db-password"])
 	assert.Equal(t, "old-token", string(got["api-token-old"].Content))
@@ -208,7 +211,7 @@ func TestFetchEveryObjectKind(t *testing.T) {
 	webPub, err := x509.ParsePKIXPublicKey(decodePEM(t, got["web.pub"].Content)[0].Bytes)
 	require.NoError(t, err)
 	assert.True(t, web.Key.Public().(interface{ Equal(crypto.PublicKey) bool }).Equal(webPub))
-	assert.Equal(t, webPEM.SecretValue, string(got["web-pem.pem"].Content), "application/x-pem-file is written as is")
+	requireKeyAndChain(t, got["web-pem.pem"].Content, webPEM.Key, webPEM.Chain)
 
 	// Versions, in the order of the files.
 	require.Len(t, res.Versions, len(res.Files))

@@ -58,6 +58,7 @@ func (k objectKey) String() string {
 type cachedObject struct {
 	content  []byte
 	version  string
+	warning  string
 	versions []string
 	expires  time.Time
 }

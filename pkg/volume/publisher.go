@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"k8s.io/klog/v2"
@@ -65,6 +66,10 @@ type Request struct {
 	Identity identity.Request
 	// Owner, when set, owns the written files and directories (fsGroup).
 	Owner *atomicwriter.Owner
+	// RefuseWarnings fails the publish, before anything is mounted, when
+	// the fetched objects show a mistake the upstream provider tolerates
+	// (--strict-parameters).
+	RefuseWarnings bool
 }
 
 // Result says what a publish did.
@@ -74,6 +79,8 @@ type Result struct {
 	Files map[string][]byte
 	// Versions are the object versions now in the volume, one per file.
 	Versions []keyvault.ObjectVersion
+	// Warnings are tolerated mistakes the fetched objects showed.
+	Warnings []keyvault.ObjectWarning
 	// Mounted is true when this call mounted the tmpfs (a first publish).
 	Mounted bool
 	// Changed is true when the files changed (a first publish or a rotation).
@@ -101,9 +108,17 @@ func (p *Publisher) Publish(ctx context.Context, req Request) (*Result, error) {
 		if err != nil {
 			return nil, err
 		}
+		if req.RefuseWarnings && len(fetched.Warnings) > 0 {
+			msgs := make([]string, len(fetched.Warnings))
+			for i, w := range fetched.Warnings {
+				msgs[i] = w.Detail
+			}
+			return nil, &keyvault.Error{Kind: keyvault.KindInvalid, Op: "fetch from vault", Vault: req.VaultURL,
+				Err: fmt.Errorf("refused by --strict-parameters (the upstream provider would mount it): %s", strings.Join(msgs, "; "))}
+		}
 	}
 	payload := make(map[string]atomicwriter.File, len(fetched.Files))
-	res := &Result{Versions: fetched.Versions, Files: make(map[string][]byte, len(fetched.Files))}
+	res := &Result{Versions: fetched.Versions, Warnings: fetched.Warnings, Files: make(map[string][]byte, len(fetched.Files))}
 	for _, f := range fetched.Files {
 		payload[f.Path] = atomicwriter.File{Data: f.Content, Mode: f.Mode}
 		res.Files[f.Path] = f.Content

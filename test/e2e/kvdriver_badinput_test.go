@@ -97,6 +97,10 @@ func seedBadInput(t *testing.T, e *driverEnv) {
 			require.NoError(t, err)
 		}
 	}
+	// A plain secret whose content type claims a PFX: written as stored, as
+	// upstream writes it (only a certificate's secret is converted).
+	_, err = emu.SetSecret(badVault, "pfx-blob", "UEZYIGJ5dGVz", emulator.SecretOptions{ContentType: "application/x-pkcs12"}) // "PFX bytes"
+	require.NoError(t, err)
 	// One request per ten minutes: of a publish of three secrets at most one
 	// is answered, and the Retry-After is far too long to wait out.
 	require.NoError(t, emu.SetThrottle(throttledVault, 1, 10*time.Minute))

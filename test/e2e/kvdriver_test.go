@@ -86,7 +86,7 @@ func seedVault(t testing.TB, e *driverEnv) *vaultFixture {
 		ContentType: "application/x-pkcs12", ChainLength: 4, KeyType: "RSA", ShuffleChain: true})
 	require.NoError(t, err)
 	f.pemCert, err = emu.CreateCertificate(e2eVault, "web-pem", emulator.CertificateOptions{
-		ContentType: "application/x-pem-file", ChainLength: 3, KeyType: "EC"})
+		ContentType: "application/x-pem-file", ChainLength: 3, KeyType: "EC", ShuffleChain: true})
 	require.NoError(t, err)
 	f.plantedSecrets = []string{dbPassword1, dbPassword2, spSecret, "history-1", "kvnode-api-key-bytes"}
 	return f
@@ -240,7 +240,8 @@ func TestKVDriverServicePrincipalEveryObjectKind(t *testing.T) {
 	b, _ = readFile(t, dir, "tls/bundle.pfx")
 	assert.Equal(t, f.pfxCert.SecretValue, base64.StdEncoding.EncodeToString(b), "objectFormat pfx with objectEncoding base64 is the binary PFX")
 	b, _ = readFile(t, dir, "pem/bundle.pem")
-	assert.Equal(t, f.pemCert.SecretValue, string(b), "a PEM certificate secret is written as stored")
+	assert.NotEqual(t, f.pemCert.SecretValue, string(b), "Key Vault keeps a PEM chain in upload order (shuffled here)")
+	assert.Equal(t, string(expectedBundle(t, f.pemCert)), string(b), "a PEM certificate's secret: key first, then the chain leaf to root, as from a PFX")
 
 	// The atomic writer's layout, as kubelet's.
 	link, err := os.Readlink(filepath.Join(dir, "db-password"))

@@ -55,6 +55,11 @@ func toleratedCases() []tolerated {
 			files: dbOnly, warnings: []string{"objects[0].objectVersionHistory: -1 is negative"}},
 		{name: "clientID without a token", params: badParams("clientID", wiClientID),
 			files: dbOnly, warnings: []string{"clientID: is ignored: kubelet passed no service-account token"}},
+		{name: "objectFormat pfx on a plain secret", params: objects("objectName: db-password\nobjectType: secret\nobjectFormat: pfx"),
+			files: dbOnly, warnings: []string{"objectFormat pfx applies to the secret of a certificate; db-password is a plain secret"}},
+		{name: "plain secret stored as application/x-pkcs12", params: objects("objectName: pfx-blob\nobjectType: secret",
+			"objectName: pfx-blob\nobjectType: secret\nobjectAlias: pfx-blob.bin\nobjectEncoding: base64"),
+			files: map[string]string{"pfx-blob": "UEZYIGJ5dGVz", "pfx-blob.bin": "PFX bytes"}},
 		{name: "Secret keys in camel case", params: badParams(),
 			edit: func(r *csipb.NodePublishVolumeRequest) {
 				r.Secrets = map[string]string{"clientId": spClientID, "ClientSecret": spSecret}
