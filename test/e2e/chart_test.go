@@ -327,3 +327,29 @@ func checkNMI(t *testing.T, byKind map[string]*unstructured.Unstructured, wantAr
 	assert.Equal(t, []any{map[string]any{"kind": "ServiceAccount", "name": "kvnode-nmi", "namespace": chartNamespace}}, subjects)
 	require.Contains(t, byKind, "ServiceAccount/kvnode-nmi")
 }
+
+// TestChartMountsExtraFiles: a cluster on Azure Stack mounts its Azure
+// environment file into kvdriver (cloudEnvFileName names a path in
+// kvdriver's filesystem), as upstream's users add linux.volumes.
+func TestChartMountsExtraFiles(t *testing.T) {
+	byKind := kinds(renderChart(t,
+		"kvdriver.extraVolumes[0].name=azurestack",
+		"kvdriver.extraVolumes[0].hostPath.path=/etc/kubernetes/azurestackcloud.json",
+		"kvdriver.extraVolumes[0].hostPath.type=File",
+		"kvdriver.extraVolumeMounts[0].name=azurestack",
+		"kvdriver.extraVolumeMounts[0].mountPath=/etc/kubernetes/azurestackcloud.json",
+		"kvdriver.extraVolumeMounts[0].readOnly=true",
+	))
+	ds := byKind["DaemonSet/kvnode-kvdriver"]
+	require.NotNil(t, ds)
+	volumes, _, err := unstructured.NestedSlice(ds.Object, "spec", "template", "spec", "volumes")
+	require.NoError(t, err)
+	assert.Contains(t, volumes, map[string]any{"name": "azurestack",
+		"hostPath": map[string]any{"path": "/etc/kubernetes/azurestackcloud.json", "type": "File"}})
+	containers, _, err := unstructured.NestedSlice(ds.Object, "spec", "template", "spec", "containers")
+	require.NoError(t, err)
+	mounts := containers[0].(map[string]any)["volumeMounts"]
+	assert.Equal(t, "kvdriver", containers[0].(map[string]any)["name"])
+	assert.Contains(t, mounts, map[string]any{"name": "azurestack", "mountPath": "/etc/kubernetes/azurestackcloud.json", "readOnly": true})
+	assert.Len(t, mounts, 3, "the default mounts and the extra one")
+}
