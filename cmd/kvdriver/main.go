@@ -13,12 +13,17 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/dynamic"
@@ -55,6 +60,8 @@ type Config struct {
 	// SyncSecretTypes.
 	SyncSecrets     bool
 	SyncSecretTypes string
+	// MetricsAddr serves /metrics; empty disables it.
+	MetricsAddr string
 }
 
 func main() {
@@ -95,6 +102,7 @@ func run(args []string) error {
 		"write the Kubernetes Secrets that SecretProviderClasses' secretObjects describe (needs create and patch on Secrets)")
 	fs.StringVar(&cfg.SyncSecretTypes, "sync-secret-types", secretTypes(secretsync.DefaultTypes()),
 		"comma-separated Secret types kvdriver may write (the chart's syncSecret.types; its admission policy refuses any other)")
+	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", ":8095", "address serving Prometheus metrics at /metrics (the upstream driver's port); empty disables it")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	klog.InitFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -136,10 +144,14 @@ func run(args []string) error {
 		secrets = secretsync.New(kube.CoreV1(), secretsync.Options{Types: parseSecretTypes(cfg.SyncSecretTypes)})
 	}
 
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := csi.NewMetrics(reg)
+
 	classes := csi.NewClassInformer(dyn, cfg.Resync)
 	statuses := csi.NewStatusRecorder(csi.NewPodStatusWriter(dyn), 100*time.Millisecond)
 	node := csi.NewNodeServer(cfg.NodeID, classes, newPublisher(cfg.TmpfsSize, cfg.CacheTTL, cfg.NMIEndpoint), statuses,
-		csi.NodeServerOptions{StrictParameters: cfg.StrictParameters, Events: events, Secrets: secrets})
+		csi.NodeServerOptions{StrictParameters: cfg.StrictParameters, Events: events, Secrets: secrets, Metrics: metrics})
 	ids := csi.NewIdentityServer(cfg.DriverName, version.Version, classes.HasSynced)
 	srv, err := csi.Listen(cfg.Endpoint, ids, node)
 	if err != nil {
@@ -154,6 +166,13 @@ func run(args []string) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return srv.Serve(ctx) })
 	g.Go(func() error { statuses.Run(ctx, 2); return nil })
+	if cfg.MetricsAddr != "" {
+		ms, err := metricsServer(cfg.MetricsAddr, reg)
+		if err != nil {
+			return err
+		}
+		g.Go(func() error { return ms(ctx) })
+	}
 	g.Go(func() error {
 		if !classes.WaitForSync(ctx) {
 			return nil // shutting down
@@ -172,6 +191,28 @@ func newPublisher(tmpfsSize string, cacheTTL time.Duration, nmiEndpoint string) 
 		keyvault.NewFetcher(keyvault.Options{CacheTTL: cacheTTL}),
 		identity.NewCredentials(identity.Options{NMIEndpoint: nmiEndpoint}),
 		volume.Options{TmpfsSize: tmpfsSize})
+}
+
+// metricsServer listens on addr and returns the function that serves
+// /metrics until ctx ends.
+func metricsServer(addr string, reg *prometheus.Registry) (func(context.Context) error, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("--metrics-addr: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	return func(ctx context.Context) error {
+		go func() {
+			<-ctx.Done()
+			_ = srv.Close()
+		}()
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	}, nil
 }
 
 func secretTypes(types []corev1.SecretType) string {

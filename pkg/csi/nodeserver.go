@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	csipb "github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
@@ -104,6 +105,8 @@ type NodeServerOptions struct {
 	// Secrets syncs secretObjects; nil when sync is disabled, and a class
 	// that has secretObjects then gets a Warning event.
 	Secrets SecretSyncer
+	// Metrics counts calls, syncs and tolerated mistakes; nil counts none.
+	Metrics *Metrics
 }
 
 // NodeServer is the CSI Node service.
@@ -145,41 +148,53 @@ func (s *NodeServer) NodeGetCapabilities(context.Context, *csipb.NodeGetCapabili
 // kubelet calls it again about every minute (requiresRepublish); a call that
 // finds the volume mounted refreshes the files, which is how rotation works.
 func (s *NodeServer) NodePublishVolume(ctx context.Context, req *csipb.NodePublishVolumeRequest) (*csipb.NodePublishVolumeResponse, error) {
-	if err := validatePublish(req); err != nil {
+	var provider string
+	err := s.publish(ctx, req, &provider)
+	s.opts.Metrics.published(provider, err)
+	if err != nil {
 		return nil, err
+	}
+	return &csipb.NodePublishVolumeResponse{}, nil
+}
+
+// publish is NodePublishVolume; it sets provider once the class is known.
+func (s *NodeServer) publish(ctx context.Context, req *csipb.NodePublishVolumeRequest, provider *string) error {
+	if err := validatePublish(req); err != nil {
+		return err
 	}
 	pod, err := podFromContext(req.GetVolumeContext())
 	if err != nil {
-		return nil, err
+		return err
 	}
 	release, err := s.lock(req.GetTargetPath())
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer release()
 
 	className := req.GetVolumeContext()[attrSecretProviderClass]
 	class, err := s.classes.Get(pod.namespace, className)
 	if apierrors.IsNotFound(err) {
-		return nil, status.Errorf(codes.NotFound, "SecretProviderClass %s/%s not found", pod.namespace, className)
+		return status.Errorf(codes.NotFound, "SecretProviderClass %s/%s not found", pod.namespace, className)
 	}
 	if err != nil {
-		return nil, status.Errorf(codes.Unavailable, "get SecretProviderClass %s/%s: %v", pod.namespace, className, err)
+		return status.Errorf(codes.Unavailable, "get SecretProviderClass %s/%s: %v", pod.namespace, className, err)
 	}
+	*provider = string(class.Spec.Provider)
 	if class.Spec.Provider != "azure" {
-		return nil, status.Errorf(codes.InvalidArgument, "SecretProviderClass %s/%s: spec.provider %q is not supported; kvnode serves \"azure\"", pod.namespace, className, class.Spec.Provider)
+		return status.Errorf(codes.InvalidArgument, "SecretProviderClass %s/%s: spec.provider %q is not supported; kvnode serves \"azure\"", pod.namespace, className, class.Spec.Provider)
 	}
 	cfg, err := spc.Parse(class.Spec.Parameters)
 	if err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "SecretProviderClass %s/%s: %v", pod.namespace, className, err)
+		return status.Errorf(codes.InvalidArgument, "SecretProviderClass %s/%s: %v", pod.namespace, className, err)
 	}
 	idReq, idWarnings, err := identityRequest(cfg, pod, req)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	warnings := append(cfg.Warnings, idWarnings...)
 	if s.opts.StrictParameters && len(warnings) > 0 {
-		return nil, status.Errorf(codes.InvalidArgument,
+		return status.Errorf(codes.InvalidArgument,
 			"SecretProviderClass %s/%s: refused by --strict-parameters (the upstream provider would mount it): %s",
 			pod.namespace, className, spc.Warnings(warnings))
 	}
@@ -194,7 +209,7 @@ func (s *NodeServer) NodePublishVolume(ctx context.Context, req *csipb.NodePubli
 		RefuseWarnings: s.opts.StrictParameters,
 	})
 	if err != nil {
-		return nil, publishError(err)
+		return publishError(err)
 	}
 	for _, w := range res.Warnings {
 		warnings = append(warnings, &spc.FieldError{Field: w.Field, Detail: w.Detail})
@@ -206,7 +221,7 @@ func (s *NodeServer) NodePublishVolume(ctx context.Context, req *csipb.NodePubli
 		s.statuses.Record(podStatus(s.nodeID, pod, className, req.GetTargetPath(), res.Versions))
 		logger.Info("published", "objects", len(cfg.Objects), "files", len(res.Versions), "mounted", res.Mounted, "rotated", !res.Mounted)
 	}
-	return &csipb.NodePublishVolumeResponse{}, nil
+	return nil
 }
 
 // NodeUnpublishVolume unmounts and removes the target path. It is idempotent
@@ -220,12 +235,16 @@ func (s *NodeServer) NodeUnpublishVolume(ctx context.Context, req *csipb.NodeUnp
 	}
 	release, err := s.lock(req.GetTargetPath())
 	if err != nil {
+		s.opts.Metrics.unpublished(err)
 		return nil, err
 	}
 	defer release()
 	if err := s.publisher.Unpublish(req.GetTargetPath()); err != nil {
-		return nil, status.Errorf(codes.Internal, "%v", err)
+		err = status.Errorf(codes.Internal, "%v", err)
+		s.opts.Metrics.unpublished(err)
+		return nil, err
 	}
+	s.opts.Metrics.unpublished(nil)
 	s.mu.Lock()
 	delete(s.warned, req.GetTargetPath())
 	s.mu.Unlock()
@@ -242,12 +261,14 @@ func (s *NodeServer) syncSecrets(ctx context.Context, pod podInfo, class *spc.Se
 	if s.opts.Secrets == nil {
 		return []string{"spec.secretObjects: not synced: Secret sync is disabled on this node (--sync-secrets=false, chart value syncSecret.enabled)"}
 	}
+	start := time.Now()
 	err := s.opts.Secrets.Sync(ctx, secretsync.Pod{Namespace: pod.namespace, Name: pod.name, UID: types.UID(pod.uid)},
 		class.Spec.SecretObjects, files)
 	var problems []string
 	for _, e := range secretsync.Errors(err) {
 		problems = append(problems, e.Error())
 	}
+	s.opts.Metrics.synced(string(class.Spec.Provider), len(class.Spec.SecretObjects)-len(problems), len(problems), time.Since(start).Seconds())
 	return problems
 }
 
@@ -265,6 +286,7 @@ func (s *NodeServer) warn(logger klog.Logger, target string, pod podInfo, class 
 	}
 	ref := PodRef{Namespace: pod.namespace, Name: pod.name, UID: types.UID(pod.uid)}
 	if len(warnings) > 0 {
+		s.opts.Metrics.tolerated(string(class.Spec.Provider))
 		logger.Info("Tolerated mistakes in the SecretProviderClass", "warnings", spc.Warnings(warnings))
 		s.event(ref, ReasonParameterWarning, fmt.Sprintf(
 			"SecretProviderClass %s/%s: mounted as the upstream Azure provider mounts it, but: %s (--strict-parameters refuses this)",

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"os"
+	"net/http"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -14,6 +15,8 @@ import (
 	"time"
 
 	csipb "github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
@@ -68,6 +71,8 @@ type driverEnv struct {
 	// planted are credentials a test handed kvdriver that must never be
 	// printed.
 	planted []string
+	// metrics is kvdriver's /metrics URL.
+	metrics string
 }
 
 func startDriverEnv(t testing.TB) *driverEnv {
@@ -110,9 +115,10 @@ func startKVDriver(t testing.TB, cp *controlplane.ControlPlane, emu *emulator.Em
 	require.NoError(t, err)
 	sock := filepath.Join(dir, "csi.sock")
 	logs := &syncBuffer{}
+	metricsAddr := freeLoopbackAddr(t)
 	cmd := exec.Command(testenv.Binary(t, "kvdriver"),
-		append([]string{"--endpoint", "unix://" + sock, "--nodeid", "node-1", "--kubeconfig", kubeconfig, "-v", "5"},
-			driverArgs...)...)
+		append([]string{"--endpoint", "unix://" + sock, "--nodeid", "node-1", "--kubeconfig", kubeconfig, "-v", "5",
+			"--metrics-addr", metricsAddr}, driverArgs...)...)
 	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir}, emu.Env()...)
 	cmd.Stdout, cmd.Stderr = logs, logs
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -140,7 +146,7 @@ func startKVDriver(t testing.TB, cp *controlplane.ControlPlane, emu *emulator.Em
 	require.NoError(t, err)
 	t.Cleanup(func() { conn.Close() })
 	env := &driverEnv{cp: cp, emu: emu, dyn: dyn, node: csipb.NewNodeClient(conn), ident: csipb.NewIdentityClient(conn),
-		logs: logs, kubelet: filepath.Join(dir, "kubelet"), socket: "unix://" + sock}
+		logs: logs, kubelet: filepath.Join(dir, "kubelet"), socket: "unix://" + sock, metrics: "http://" + metricsAddr + "/metrics"}
 	require.Eventually(t, func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
@@ -241,4 +247,41 @@ func unmountUnder(t testing.TB, root string) {
 			}
 		}
 	}
+}
+
+// metric returns the sum of the samples of kvdriver's metric name whose
+// labels include labels.
+func (e *driverEnv) metric(t testing.TB, name string, labels map[string]string) float64 {
+	t.Helper()
+	resp, err := http.Get(e.metrics)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	parser := expfmt.NewTextParser(model.LegacyValidation)
+	families, err := parser.TextToMetricFamilies(resp.Body)
+	require.NoError(t, err)
+	var sum float64
+	fam, ok := families[name]
+	if !ok {
+		return 0
+	}
+	for _, m := range fam.GetMetric() {
+		got := map[string]string{}
+		for _, l := range m.GetLabel() {
+			got[l.GetName()] = l.GetValue()
+		}
+		match := true
+		for k, v := range labels {
+			match = match && got[k] == v
+		}
+		if !match {
+			continue
+		}
+		switch {
+		case m.GetCounter() != nil:
+			sum += m.GetCounter().GetValue()
+		case m.GetHistogram() != nil:
+			sum += float64(m.GetHistogram().GetSampleCount())
+		}
+	}
+	return sum
 }

@@ -89,6 +89,22 @@ func TestKVDriverToleratesWhatUpstreamTolerates(t *testing.T) {
 	e.waitForClasses(t, ns)
 	strict.waitForClasses(t, ns)
 
+	withWarnings := 0
+	for _, tc := range cases {
+		if len(tc.warnings) > 0 {
+			withWarnings++
+		}
+	}
+	strictErrors := strict.metric(t, "node_publish_error_total", map[string]string{"provider": "azure", "error_type": "InvalidArgument"})
+	t.Cleanup(func() {
+		// The metrics say the same, with the upstream driver's names.
+		azure := map[string]string{"provider": "azure", "os_type": "linux"}
+		assert.Equal(t, float64(withWarnings), e.metric(t, "kvnode_parameter_warnings_total", map[string]string{"provider": "azure"}))
+		assert.GreaterOrEqual(t, e.metric(t, "node_publish_total", azure), float64(3*len(cases)))
+		assert.Equal(t, float64(len(cases)), e.metric(t, "node_unpublish_total", nil))
+		assert.Equal(t, strictErrors+float64(withWarnings), strict.metric(t, "node_publish_error_total",
+			map[string]string{"provider": "azure", "error_type": "InvalidArgument"}))
+	})
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			class := slug(tc.name)

@@ -835,6 +835,9 @@ func TestKVDriverSyncsSecrets(t *testing.T) {
 	requireWarning(t, cp, off, "FailedToCreateSecret", "Secret sync is disabled on this node")
 
 	assertNoSecretIn(t, d.logs.String(), syncValue1, syncValue2)
+	assert.Greater(t, d.metric(t, "sync_k8s_secret_total", map[string]string{"provider": "azure"}), float64(0))
+	assert.Greater(t, d.metric(t, "sync_k8s_secret_duration_sec", nil), float64(0))
+	assert.Equal(t, float64(1), d.metric(t, "kvnode_sync_k8s_secret_error_total", nil), "the bad entry")
 }
 
 // requireWarning waits for a Warning event on pod with reason and a message
