@@ -8,6 +8,8 @@ BIN := bin
 # Test timeout for the whole suite; the control plane binaries are built
 # before the tests start, not inside this budget.
 TEST_TIMEOUT ?= 20m
+# Time per fuzz target in `make fuzz`.
+FUZZTIME ?= 30s
 
 .PHONY: help
 help: ## List the targets.
@@ -41,6 +43,10 @@ e2e: deps controlplane ## Run only the end-to-end tests.
 .PHONY: bench
 bench: deps controlplane ## Run the benchmarks with allocation counts, and the load tests (root).
 	$(TEST_ENV) $(GO) test -run '^$$' -bench . -benchmem -count 1 -timeout 30m ./...
+
+.PHONY: fuzz
+fuzz: ## Run every fuzz target for FUZZTIME each (default 30s); prints executions and new corpus entries.
+	@FUZZTIME=$(FUZZTIME) hack/fuzz.sh
 
 .PHONY: lint
 lint: ## gofmt, go vet and staticcheck (pinned in tools/lint).

@@ -136,6 +136,9 @@ func OrderPEM(bundle []byte) []byte {
 			return bundle
 		}
 		rest = bytes.TrimSpace(r)
+		if len(order) == maxBundleBlocks {
+			return bundle // no chain is this long: not worth ordering
+		}
 		switch {
 		case b.Type == pemCertificate:
 			c, err := x509.ParseCertificate(b.Bytes)
@@ -152,8 +155,10 @@ func OrderPEM(bundle []byte) []byte {
 			order = append(order, "other")
 		}
 	}
+	// The leaf is usually the one certificate that issued none of the
+	// others; the key, costly to parse, decides only when that is unclear.
 	var leafKey crypto.PublicKey
-	if len(keys) == 1 {
+	if len(keys) == 1 && len(certs) > 1 && findLeaf(certs, nil) < 0 {
 		if k, err := parsePrivateKeyBlock(keys[0]); err == nil {
 			if s, ok := k.(crypto.Signer); ok {
 				leafKey = s.Public()
@@ -184,6 +189,11 @@ func OrderPEM(bundle []byte) []byte {
 	}
 	return buf.Bytes()
 }
+
+// maxBundleBlocks bounds the blocks OrderPEM orders (ordering is
+// quadratic in them): a Key Vault secret holds at most 25 KB, some 20
+// certificates.
+const maxBundleBlocks = 64
 
 // parsePrivateKeyBlock parses a PKCS#8, PKCS#1 or SEC 1 private key.
 func parsePrivateKeyBlock(b *pem.Block) (crypto.PrivateKey, error) {
@@ -377,10 +387,11 @@ func PFXToPEM(pfx []byte) ([]byte, error) {
 // ID, or, where either is missing, by issuer and subject names. When the
 // chain is incomplete (a certificate that is no link of the leaf's chain) or
 // ambiguous (two candidate issuers, two candidate leaves), the original order
-// is kept, except that a known leaf still comes first. certs is not modified.
+// is kept, except that a known leaf still comes first; so is a list longer
+// than any chain (maxBundleBlocks). certs is not modified.
 func OrderChain(certs []*x509.Certificate, leafKey crypto.PublicKey) []*x509.Certificate {
 	out := make([]*x509.Certificate, 0, len(certs))
-	if len(certs) < 2 {
+	if len(certs) < 2 || len(certs) > maxBundleBlocks {
 		return append(out, certs...)
 	}
 	leaf := findLeaf(certs, leafKey)

@@ -258,7 +258,7 @@ func (f *Fetcher) Fetch(ctx context.Context, req Request) (*Result, error) {
 	if req.Credential == nil {
 		return nil, &Error{Kind: KindInvalid, Op: "fetch from vault", Vault: vault, Err: errors.New("no credential")}
 	}
-	if err := validateObjects(req.Objects); err != nil {
+	if err := ValidateObjects(req.Objects); err != nil {
 		return nil, &Error{Kind: KindInvalid, Op: "fetch from vault", Vault: vault, Err: err}
 	}
 	vc, err := f.clients.get(clientKey{vaultURL: vaultURL, identity: req.IdentityKey}, req.Credential)

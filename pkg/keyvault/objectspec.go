@@ -376,10 +376,10 @@ func isAlphanumeric(s string) bool {
 func isASCIILetter(r rune) bool { return r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' }
 func isASCIIDigit(r rune) bool  { return r >= '0' && r <= '9' }
 
-// validateObjects checks what the front doors have already checked with
+// ValidateObjects checks what the front doors have already checked with
 // ParseObjects: Fetch is the last stop before names become URL paths and
 // file names, so it refuses anything ParseObjects would not return.
-func validateObjects(objs []Object) error {
+func ValidateObjects(objs []Object) error {
 	if len(objs) == 0 {
 		return errors.New("no objects")
 	}

@@ -19,7 +19,7 @@ func TestFetchAndParseObjectsAgreeOnFileNames(t *testing.T) {
 		if name != "" {
 			assert.NotEmpty(t, problems, "%q", name)
 		}
-		err := validateObjects([]Object{{Name: "s", Type: TypeSecret, Alias: name}})
+		err := ValidateObjects([]Object{{Name: "s", Type: TypeSecret, Alias: name}})
 		if name == "" {
 			assert.NoError(t, err, "an empty alias means the object's name")
 			continue
@@ -29,7 +29,7 @@ func TestFetchAndParseObjectsAgreeOnFileNames(t *testing.T) {
 	for _, name := range []string{"a", "dir/file.pem", "a..b", "tls.crt"} {
 		objs, problems := ParseObjects([]ObjectSpec{{Name: "s", Type: "secret", Alias: name}})
 		assert.Empty(t, problems, name)
-		assert.NoError(t, validateObjects(objs), name)
+		assert.NoError(t, ValidateObjects(objs), name)
 	}
 }
 
