@@ -588,3 +588,26 @@ func (w *slidingWindow) admit(now time.Time) (bool, time.Duration) {
 	}
 	return false, w.events[0].Add(w.window).Sub(now)
 }
+
+// PublicKey returns the public key of a key version (empty: the latest),
+// as a test computes what a client should write for it.
+func (e *Emulator) PublicKey(vaultName, name, version string) (crypto.PublicKey, error) {
+	s := e.kv
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v, err := s.vault(vaultName)
+	if err != nil {
+		return nil, err
+	}
+	o := v.objects[objectKey{KindKeys, strings.ToLower(name)}]
+	if o == nil {
+		return nil, fmt.Errorf("key %s/%s not found", vaultName, name)
+	}
+	ver := o.latest()
+	if version != "" {
+		if ver = o.version(version); ver == nil {
+			return nil, fmt.Errorf("key %s/%s/%s not found", vaultName, name, version)
+		}
+	}
+	return ver.key.public, nil
+}
