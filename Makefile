@@ -48,6 +48,10 @@ bench: deps controlplane ## Run the benchmarks with allocation counts, and the l
 fuzz: ## Run every fuzz target for FUZZTIME each (default 30s); prints executions and new corpus entries.
 	@FUZZTIME=$(FUZZTIME) hack/fuzz.sh
 
+.PHONY: generate
+generate: ## Regenerate pkg/providerapi's Go code from its .proto (needs protoc: apt-get install protobuf-compiler).
+	@hack/generate.sh
+
 .PHONY: lint
 lint: ## gofmt, go vet and staticcheck (pinned in tools/lint).
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); \
