@@ -2,7 +2,8 @@
 // with the pod's credential, mounts a tmpfs at the target path and writes the
 // files there atomically. Both of kvdriver's front doors (CSI and FlexVolume)
 // publish through it, so they share one implementation of steps 4-6 of the
-// mount path.
+// mount path. Volumes of other stores' providers are published through it
+// too (PublishFrom), with the same tmpfs, writer and rollback.
 package volume
 
 import (
@@ -132,6 +133,43 @@ func (p *Publisher) Publish(ctx context.Context, req Request) (*Result, error) {
 	if err != nil {
 		p.rollback(req.TargetPath, res.Mounted, created)
 		return nil, fmt.Errorf("write files to %s: %w", req.TargetPath, err)
+	}
+	return res, nil
+}
+
+// FileSource produces a volume's files once its tmpfs is mounted at target
+// (a provider plugin fetching them).
+type FileSource func(ctx context.Context, target string) (map[string]atomicwriter.File, error)
+
+// PublishFrom publishes the files another provider's plugin returns:
+// it mounts the tmpfs first (unless it is mounted), because a plugin
+// that writes into the target itself, as the oldest providers do, must
+// write into the tmpfs and never onto the node's disk; then it calls
+// source and writes what source returns. If source or the write fails,
+// what this call mounted is unmounted and a target directory it created
+// removed; on a republish the files already there are left as they were.
+func (p *Publisher) PublishFrom(ctx context.Context, target string, source FileSource) (*Result, error) {
+	if target == "" {
+		return nil, errors.New("target path is empty")
+	}
+	res := &Result{}
+	created, err := p.ensureMount(target, res)
+	if err != nil {
+		return nil, err
+	}
+	files, err := source(ctx, target)
+	if err != nil {
+		p.rollback(target, res.Mounted, created)
+		return nil, err
+	}
+	res.Files = make(map[string][]byte, len(files))
+	for path, f := range files {
+		res.Files[path] = f.Data
+	}
+	res.Changed, err = atomicwriter.Write(target, files, atomicwriter.Options{})
+	if err != nil {
+		p.rollback(target, res.Mounted, created)
+		return nil, fmt.Errorf("write files to %s: %w", target, err)
 	}
 	return res, nil
 }
