@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -35,6 +36,7 @@ import (
 	"github.com/kvnode/kvnode/pkg/csi"
 	"github.com/kvnode/kvnode/pkg/identity"
 	"github.com/kvnode/kvnode/pkg/keyvault"
+	"github.com/kvnode/kvnode/pkg/provider"
 	"github.com/kvnode/kvnode/pkg/secretsync"
 	"github.com/kvnode/kvnode/pkg/version"
 	"github.com/kvnode/kvnode/pkg/volume"
@@ -62,6 +64,31 @@ type Config struct {
 	SyncSecretTypes string
 	// MetricsAddr serves /metrics; empty disables it.
 	MetricsAddr string
+	// ProviderDirs are searched for the sockets of other stores' provider
+	// plugins; MaxProviderResponse caps a plugin's answer in bytes.
+	ProviderDirs        dirList
+	MaxProviderResponse int
+}
+
+// dirList is a repeatable, comma-separated list flag; the first use
+// replaces the default.
+type dirList struct {
+	dirs []string
+	set  bool
+}
+
+func (l *dirList) String() string { return strings.Join(l.dirs, ",") }
+
+func (l *dirList) Set(v string) error {
+	if !l.set {
+		l.dirs, l.set = nil, true
+	}
+	for _, d := range strings.Split(v, ",") {
+		if d = strings.TrimSpace(d); d != "" {
+			l.dirs = append(l.dirs, d)
+		}
+	}
+	return nil
 }
 
 func main() {
@@ -103,6 +130,11 @@ func run(args []string) error {
 	fs.StringVar(&cfg.SyncSecretTypes, "sync-secret-types", secretTypes(secretsync.DefaultTypes()),
 		"comma-separated Secret types kvdriver may write (the chart's syncSecret.types; its admission policy refuses any other)")
 	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", ":8095", "address serving Prometheus metrics at /metrics (the upstream driver's port); empty disables it")
+	cfg.ProviderDirs.dirs = slices.Clone(provider.DefaultDirs)
+	fs.Var(&cfg.ProviderDirs, "providers-dir",
+		"directory holding the sockets (<provider>.sock) of the provider plugins that classes of other providers than azure are forwarded to; repeatable or comma-separated, searched in order")
+	fs.IntVar(&cfg.MaxProviderResponse, "max-call-recv-msg-size", provider.DefaultMaxResponseSize,
+		"largest answer in bytes accepted from a provider plugin (the upstream driver's flag)")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	klog.InitFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -148,10 +180,14 @@ func run(args []string) error {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := csi.NewMetrics(reg)
 
+	providers := provider.NewClients(provider.Options{Dirs: cfg.ProviderDirs.dirs, MaxResponseSize: cfg.MaxProviderResponse})
+	defer providers.Close()
+
 	classes := csi.NewClassInformer(dyn, cfg.Resync)
 	statuses := csi.NewStatusRecorder(csi.NewPodStatusWriter(dyn), 100*time.Millisecond)
 	node := csi.NewNodeServer(cfg.NodeID, classes, newPublisher(cfg.TmpfsSize, cfg.CacheTTL, cfg.NMIEndpoint), statuses,
-		csi.NodeServerOptions{StrictParameters: cfg.StrictParameters, Events: events, Secrets: secrets, Metrics: metrics})
+		csi.NodeServerOptions{StrictParameters: cfg.StrictParameters, Events: events, Secrets: secrets, Metrics: metrics,
+			Providers: providers})
 	ids := csi.NewIdentityServer(cfg.DriverName, version.Version, classes.HasSynced)
 	srv, err := csi.Listen(cfg.Endpoint, ids, node)
 	if err != nil {
@@ -161,7 +197,8 @@ func run(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	classes.Start(ctx)
-	klog.InfoS("kvdriver serving", "endpoint", cfg.Endpoint, "node", cfg.NodeID, "driver", cfg.DriverName, "version", version.Version)
+	klog.InfoS("kvdriver serving", "endpoint", cfg.Endpoint, "node", cfg.NodeID, "driver", cfg.DriverName, "version", version.Version,
+		"providersDirs", cfg.ProviderDirs.dirs)
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return srv.Serve(ctx) })

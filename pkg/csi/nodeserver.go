@@ -55,6 +55,8 @@ type ClassGetter interface {
 // Publisher mounts and unmounts volumes (volume.Publisher).
 type Publisher interface {
 	Publish(ctx context.Context, req volume.Request) (*volume.Result, error)
+	// PublishFrom publishes the files another provider's plugin returns.
+	PublishFrom(ctx context.Context, target string, source volume.FileSource) (*volume.Result, error)
 	Unpublish(target string) error
 }
 
@@ -107,6 +109,9 @@ type NodeServerOptions struct {
 	Secrets SecretSyncer
 	// Metrics counts calls, syncs and tolerated mistakes; nil counts none.
 	Metrics *Metrics
+	// Providers forwards the mounts of classes whose spec.provider is not
+	// azure to that provider's plugin; nil refuses them.
+	Providers ProviderClient
 }
 
 // NodeServer is the CSI Node service.
@@ -144,7 +149,9 @@ func (s *NodeServer) NodeGetCapabilities(context.Context, *csipb.NodeGetCapabili
 	return &csipb.NodeGetCapabilitiesResponse{}, nil
 }
 
-// NodePublishVolume mounts the pod's Key Vault objects at the target path.
+// NodePublishVolume mounts the pod's Key Vault objects at the target path,
+// or, for a class of another provider, the files that provider's plugin
+// returns.
 // kubelet calls it again about every minute (requiresRepublish); a call that
 // finds the volume mounted refreshes the files, which is how rotation works.
 func (s *NodeServer) NodePublishVolume(ctx context.Context, req *csipb.NodePublishVolumeRequest) (*csipb.NodePublishVolumeResponse, error) {
@@ -182,7 +189,7 @@ func (s *NodeServer) publish(ctx context.Context, req *csipb.NodePublishVolumeRe
 	}
 	*provider = string(class.Spec.Provider)
 	if class.Spec.Provider != "azure" {
-		return status.Errorf(codes.InvalidArgument, "SecretProviderClass %s/%s: spec.provider %q is not supported; kvnode serves \"azure\"", pod.namespace, className, class.Spec.Provider)
+		return s.forward(ctx, req, pod, class)
 	}
 	cfg, err := spc.Parse(class.Spec.Parameters)
 	if err != nil {

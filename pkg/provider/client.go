@@ -105,13 +105,18 @@ func (c *Clients) Mount(ctx context.Context, name string, req *v1alpha1.MountReq
 	if err != nil {
 		return nil, c.callError(name, p, err)
 	}
-	return CheckResponse(name, resp)
+	res, err := CheckResponse(name, resp)
+	var pe *Error
+	if errors.As(err, &pe) {
+		pe.Socket = p.socket
+	}
+	return res, err
 }
 
 // callError classifies a failed call, and forgets a plugin that is gone.
 func (c *Clients) callError(name string, p *plugin, err error) error {
 	st := status.Convert(err)
-	e := &Error{Kind: KindCall, Provider: name, Socket: p.socket, Code: st.Code().String(), Err: errors.New(st.Message())}
+	e := &Error{Kind: KindCall, Provider: name, Socket: p.socket, Status: st.Code(), Err: errors.New(st.Message())}
 	switch st.Code() {
 	case codes.Unavailable:
 		e.Kind = KindUnavailable

@@ -104,6 +104,6 @@ func TestClientsErrors(t *testing.T) {
 	assert.Equal(t, KindCall, kindOf(err))
 	var pe *Error
 	require.True(t, errors.As(err, &pe))
-	assert.Equal(t, "PermissionDenied", pe.Code)
+	assert.Equal(t, codes.PermissionDenied, pe.Status)
 	assert.Contains(t, err.Error(), "role app may not read db")
 }

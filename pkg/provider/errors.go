@@ -1,6 +1,10 @@
 package provider
 
-import "fmt"
+import (
+	"fmt"
+
+	"google.golang.org/grpc/codes"
+)
 
 // Kind says what went wrong with a forwarded mount, so that the CSI edge
 // can answer with a gRPC code of its own choosing.
@@ -32,8 +36,9 @@ type Error struct {
 	Provider string
 	// Socket is the plugin's socket, once found.
 	Socket string
-	// Code is the plugin's gRPC code (KindCall) or its response's error
-	// code (KindRefused).
+	// Status is the plugin's gRPC code (KindCall, KindUnavailable).
+	Status codes.Code
+	// Code is the error code in the plugin's response (KindRefused).
 	Code string
 	Err  error
 }

@@ -163,8 +163,12 @@ func badInputCases() []badInput {
 		// The SecretProviderClass.
 		{name: "class not found", noClass: true,
 			code: codes.NotFound, message: []string{"SecretProviderClass " + badInputNamespace + "/class-not-found not found"}},
-		{name: "provider not azure", params: badParams(), provider: "vault",
-			code: codes.InvalidArgument, message: []string{`spec.provider "vault" is not supported`}},
+		// Another store's provider: forwarded to its plugin, which this
+		// node does not have.
+		{name: "provider not installed", params: badParams(), provider: "vault",
+			code: codes.FailedPrecondition, message: []string{`provider "vault": not installed on this node: no plugin socket at `, "/providers/vault.sock"}},
+		{name: "provider name leaving the providers dir", params: badParams(), provider: "../../run/x",
+			code: codes.InvalidArgument, message: []string{`spec.provider "../../run/x" must be 1 to 30 letters`}},
 		{name: "missing keyvaultName", params: badParams("keyvaultName", unset),
 			code: codes.InvalidArgument, message: []string{"keyvaultName: must be set"}},
 		{name: "invalid keyvaultName", params: badParams("keyvaultName", "kv_under.score"),

@@ -73,6 +73,9 @@ type driverEnv struct {
 	planted []string
 	// metrics is kvdriver's /metrics URL.
 	metrics string
+	// providers is kvdriver's --providers-dir: empty unless a test starts
+	// a provider plugin there.
+	providers string
 }
 
 func startDriverEnv(t testing.TB) *driverEnv {
@@ -116,9 +119,12 @@ func startKVDriver(t testing.TB, cp *controlplane.ControlPlane, emu *emulator.Em
 	sock := filepath.Join(dir, "csi.sock")
 	logs := &syncBuffer{}
 	metricsAddr := freeLoopbackAddr(t)
+	// Never the node's own provider directories.
+	providers := filepath.Join(dir, "providers")
+	require.NoError(t, os.Mkdir(providers, 0o750))
 	cmd := exec.Command(testenv.Binary(t, "kvdriver"),
 		append([]string{"--endpoint", "unix://" + sock, "--nodeid", "node-1", "--kubeconfig", kubeconfig, "-v", "5",
-			"--metrics-addr", metricsAddr}, driverArgs...)...)
+			"--metrics-addr", metricsAddr, "--providers-dir", providers}, driverArgs...)...)
 	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir}, emu.Env()...)
 	cmd.Stdout, cmd.Stderr = logs, logs
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -146,7 +152,8 @@ func startKVDriver(t testing.TB, cp *controlplane.ControlPlane, emu *emulator.Em
 	require.NoError(t, err)
 	t.Cleanup(func() { conn.Close() })
 	env := &driverEnv{cp: cp, emu: emu, dyn: dyn, node: csipb.NewNodeClient(conn), ident: csipb.NewIdentityClient(conn),
-		logs: logs, kubelet: filepath.Join(dir, "kubelet"), socket: "unix://" + sock, metrics: "http://" + metricsAddr + "/metrics"}
+		logs: logs, kubelet: filepath.Join(dir, "kubelet"), socket: "unix://" + sock, metrics: "http://" + metricsAddr + "/metrics",
+		providers: providers}
 	require.Eventually(t, func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
