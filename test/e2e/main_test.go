@@ -10,5 +10,5 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	testenv.Main(m, "github.com/kvnode/kvnode/cmd/kvdriver", "github.com/kvnode/kvnode/cmd/nmi")
+	testenv.Main(m, "github.com/kvnode/kvnode/cmd/kvdriver", "github.com/kvnode/kvnode/cmd/nmi", "github.com/kvnode/kvnode/test/provider")
 }
