@@ -351,5 +351,47 @@ func TestChartMountsExtraFiles(t *testing.T) {
 	mounts := containers[0].(map[string]any)["volumeMounts"]
 	assert.Equal(t, "kvdriver", containers[0].(map[string]any)["name"])
 	assert.Contains(t, mounts, map[string]any{"name": "azurestack", "mountPath": "/etc/kubernetes/azurestackcloud.json", "readOnly": true})
-	assert.Len(t, mounts, 3, "the default mounts and the extra one")
+	assert.Len(t, mounts, 5, "the default mounts (plugin, pods and two providers directories) and the extra one")
+}
+
+// TestChartMountsProviderDirs: the provider plugins' socket directories
+// are mounted into kvdriver at their node paths and passed to it.
+func TestChartMountsProviderDirs(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		set  []string
+		dirs []string
+	}{
+		{"defaults", nil, []string{"/etc/kubernetes/secrets-store-csi-providers", "/var/run/secrets-store-csi-providers"}},
+		{"one", []string{"kvdriver.providersDirs={/opt/providers}"}, []string{"/opt/providers"}},
+		{"none", []string{"kvdriver.providersDirs=null"}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ds := kinds(renderChart(t, tc.set...))["DaemonSet/kvnode-kvdriver"]
+			require.NotNil(t, ds)
+			volumes, _, err := unstructured.NestedSlice(ds.Object, "spec", "template", "spec", "volumes")
+			require.NoError(t, err)
+			containers, _, err := unstructured.NestedSlice(ds.Object, "spec", "template", "spec", "containers")
+			require.NoError(t, err)
+			kvdriver := containers[0].(map[string]any)
+			mounts := kvdriver["volumeMounts"].([]any)
+			var args []string
+			for _, a := range kvdriver["args"].([]any) {
+				args = append(args, a.(string))
+			}
+			for i, dir := range tc.dirs {
+				name := fmt.Sprintf("providers-dir-%d", i)
+				assert.Contains(t, volumes, map[string]any{"name": name, "hostPath": map[string]any{"path": dir, "type": "DirectoryOrCreate"}})
+				assert.Contains(t, mounts, map[string]any{"name": name, "mountPath": dir})
+			}
+			if tc.dirs == nil {
+				assert.Len(t, mounts, 2)
+				for _, a := range args {
+					assert.NotContains(t, a, "--providers-dir")
+				}
+				return
+			}
+			assert.Contains(t, args, "--providers-dir="+strings.Join(tc.dirs, ","))
+		})
+	}
 }
