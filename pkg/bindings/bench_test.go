@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"testing"
 
-	"github.com/kvnode/kvnode/pkg/imds"
+	"github.com/kvnode/kvnode/pkg/podauth"
 )
 
 // BenchmarkIdentitiesFor measures step 4 of a token request for pods bound
@@ -14,12 +14,12 @@ func BenchmarkIdentitiesFor(b *testing.B) {
 	r := newResolver(Config{})
 	for i := range 1000 {
 		ns := fmt.Sprintf("ns-%d", i)
-		r.bySA[saKey{ns, "app"}] = []imds.Identity{wi(fmt.Sprintf("client-%d", i), "tenant")}
-		r.bySelector[selectorKey{ns, "web"}] = []imds.Identity{mi(fmt.Sprintf("mi-%d", i), "res"), mi(fmt.Sprintf("mj-%d", i), "res")}
+		r.bySA[saKey{ns, "app"}] = []podauth.Identity{wi(fmt.Sprintf("client-%d", i), "tenant")}
+		r.bySelector[selectorKey{ns, "web"}] = []podauth.Identity{mi(fmt.Sprintf("mi-%d", i), "res"), mi(fmt.Sprintf("mj-%d", i), "res")}
 	}
 	for _, bc := range []struct {
 		name string
-		pod  imds.Pod
+		pod  podauth.Pod
 		want int
 	}{
 		{"ServiceAccount", pod("ns-500", "app", ""), 1},

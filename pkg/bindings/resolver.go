@@ -3,14 +3,14 @@
 //
 //   - Workload identity: a ServiceAccount annotated with ClientIDAnnotation
 //     (and optionally TenantIDAnnotation) binds that identity to the pods that
-//     run as it, with Source imds.SourceWorkloadIdentity. The token source for
+//     run as it, with Source podauth.SourceWorkloadIdentity. The token source for
 //     these exchanges the pod's service-account token at Entra ID; Entra ID
 //     checks that the application has a federated credential trusting this
 //     service account, so the annotation alone grants nothing.
 //   - aad-pod-identity, for clusters migrating from it: an AzureIdentityBinding
 //     grants the AzureIdentity it names to the pods of its namespace whose
 //     SelectorLabel equals its selector. User-assigned managed identities
-//     (type 0) are served from the node's IMDS (imds.SourceIMDS), so they must
+//     (type 0) are served from the node's IMDS (podauth.SourceIMDS), so they must
 //     be assigned to the node pool; kvnode has no controller that assigns
 //     them, as aad-pod-identity's MIC did. Service principals (types 1 and 2)
 //     are not supported yet: they are skipped with a log line.
@@ -47,10 +47,8 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
 
-	"github.com/kvnode/kvnode/pkg/imds"
+	"github.com/kvnode/kvnode/pkg/podauth"
 )
-
-var _ imds.Bindings = (*Resolver)(nil)
 
 // Config tunes a Resolver.
 type Config struct {
@@ -59,7 +57,7 @@ type Config struct {
 	DefaultTenantID string
 	// NodeIdentities are the client IDs of user-assigned managed identities
 	// assigned to the node. A ServiceAccount annotated with one of them gets
-	// it from the node's IMDS (imds.SourceIMDS) instead of through the
+	// it from the node's IMDS (podauth.SourceIMDS) instead of through the
 	// workload-identity exchange, which needs no federated credential.
 	//
 	// This trusts the annotation alone: whoever may annotate a
@@ -87,13 +85,13 @@ type Resolver struct {
 
 	mu sync.RWMutex
 	// bySA is the identity bound by each annotated ServiceAccount.
-	bySA map[saKey][]imds.Identity
+	bySA map[saKey][]podauth.Identity
 	// bySelector is the identities bound to each (namespace, selector).
-	bySelector map[selectorKey][]imds.Identity
+	bySelector map[selectorKey][]podauth.Identity
 	// both holds, per namespace, the unions for pods that have identities
 	// from both sources; filled on first use and dropped when anything in
 	// the namespace changes.
-	both map[string]map[pairKey][]imds.Identity
+	both map[string]map[pairKey][]podauth.Identity
 }
 
 type saKey struct{ namespace, name string }
@@ -143,9 +141,9 @@ func newResolver(cfg Config) *Resolver {
 	r := &Resolver{
 		cfg:        cfg,
 		nodeIDs:    make(map[string]bool, len(cfg.NodeIdentities)),
-		bySA:       make(map[saKey][]imds.Identity),
-		bySelector: make(map[selectorKey][]imds.Identity),
-		both:       make(map[string]map[pairKey][]imds.Identity),
+		bySA:       make(map[saKey][]podauth.Identity),
+		bySelector: make(map[selectorKey][]podauth.Identity),
+		both:       make(map[string]map[pairKey][]podauth.Identity),
 	}
 	for _, id := range cfg.NodeIdentities {
 		r.nodeIDs[strings.ToLower(id)] = true
@@ -210,11 +208,11 @@ func (r *Resolver) WaitForSync(ctx context.Context) bool {
 // first, then those of the AzureIdentityBindings selecting it ordered by
 // client ID, without two of one client ID (the first is kept). The slice is
 // shared by every caller and later calls: callers must not modify it.
-func (r *Resolver) IdentitiesFor(pod imds.Pod) []imds.Identity {
+func (r *Resolver) IdentitiesFor(pod podauth.Pod) []podauth.Identity {
 	selector := pod.Labels[SelectorLabel]
 	r.mu.RLock()
 	fromSA := r.bySA[saKey{pod.Namespace, pod.ServiceAccount}]
-	var fromBindings []imds.Identity
+	var fromBindings []podauth.Identity
 	if selector != "" {
 		fromBindings = r.bySelector[selectorKey{pod.Namespace, selector}]
 	}
@@ -236,7 +234,7 @@ func (r *Resolver) IdentitiesFor(pod imds.Pod) []imds.Identity {
 
 // union computes and remembers the identities of a pod bound through both
 // sources.
-func (r *Resolver) union(namespace, serviceAccount, selector string) []imds.Identity {
+func (r *Resolver) union(namespace, serviceAccount, selector string) []podauth.Identity {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	key := pairKey{serviceAccount, selector}
@@ -246,7 +244,7 @@ func (r *Resolver) union(namespace, serviceAccount, selector string) []imds.Iden
 	ids := dedupe(slices.Concat(r.bySA[saKey{namespace, serviceAccount}], r.bySelector[selectorKey{namespace, selector}]))
 	m := r.both[namespace]
 	if m == nil {
-		m = make(map[pairKey][]imds.Identity)
+		m = make(map[pairKey][]podauth.Identity)
 		r.both[namespace] = m
 	}
 	m[key] = ids
@@ -270,7 +268,7 @@ func (r *Resolver) onServiceAccount(oldObj, newObj any) {
 	defer r.recompute.Unlock()
 	key := saKey{sa.Namespace, sa.Name}
 	// The informer's store is at least as new as this event.
-	var ids []imds.Identity
+	var ids []podauth.Identity
 	if obj, ok, _ := r.sas.GetIndexer().GetByKey(sa.Namespace + "/" + sa.Name); ok {
 		ids = r.serviceAccountIdentity(obj.(*corev1.ServiceAccount))
 	}
@@ -285,19 +283,19 @@ func (r *Resolver) onServiceAccount(oldObj, newObj any) {
 }
 
 // serviceAccountIdentity returns the identity sa's annotations bind, if any.
-func (r *Resolver) serviceAccountIdentity(sa *corev1.ServiceAccount) []imds.Identity {
+func (r *Resolver) serviceAccountIdentity(sa *corev1.ServiceAccount) []podauth.Identity {
 	clientID := strings.TrimSpace(sa.Annotations[ClientIDAnnotation])
 	if clientID == "" {
 		return nil
 	}
 	if r.nodeIDs[strings.ToLower(clientID)] {
-		return []imds.Identity{{ClientID: clientID, Source: imds.SourceIMDS}}
+		return []podauth.Identity{{ClientID: clientID, Source: podauth.SourceIMDS}}
 	}
 	tenant := strings.TrimSpace(sa.Annotations[TenantIDAnnotation])
 	if tenant == "" {
 		tenant = r.cfg.DefaultTenantID
 	}
-	return []imds.Identity{{ClientID: clientID, TenantID: tenant, Source: imds.SourceWorkloadIdentity}}
+	return []podauth.Identity{{ClientID: clientID, TenantID: tenant, Source: podauth.SourceWorkloadIdentity}}
 }
 
 // onAzureIdentity recomputes the selectors of the bindings that name a
@@ -359,7 +357,7 @@ func (r *Resolver) onBinding(oldObj, newObj any) {
 // recomputeSelectors rebuilds the identities of selectors in namespace from
 // the informers' stores. r.recompute is held.
 func (r *Resolver) recomputeSelectors(namespace string, selectors []string) {
-	results := make(map[string][]imds.Identity, len(selectors))
+	results := make(map[string][]podauth.Identity, len(selectors))
 	for _, sel := range selectors {
 		if _, done := results[sel]; done || sel == "" {
 			continue
@@ -381,13 +379,13 @@ func (r *Resolver) recomputeSelectors(namespace string, selectors []string) {
 
 // selectorIdentities returns the identities granted to pods of namespace
 // labelled with selector.
-func (r *Resolver) selectorIdentities(namespace, selector string) []imds.Identity {
+func (r *Resolver) selectorIdentities(namespace, selector string) []podauth.Identity {
 	objs, err := r.azBinds.GetIndexer().ByIndex(bySelectorIndex, namespace+"/"+selector)
 	if err != nil {
 		klog.ErrorS(err, "bindings: look up the bindings of a selector", "namespace", namespace, "selector", selector)
 		return nil
 	}
-	var ids []imds.Identity
+	var ids []podauth.Identity
 	for _, obj := range objs {
 		b, ok := toBinding(obj)
 		if !ok || b.Spec.AzureIdentity == "" {
@@ -408,7 +406,7 @@ func (r *Resolver) selectorIdentities(namespace, selector string) []imds.Identit
 			ids = append(ids, id)
 		}
 	}
-	slices.SortStableFunc(ids, func(a, b imds.Identity) int {
+	slices.SortStableFunc(ids, func(a, b podauth.Identity) int {
 		return cmp.Or(
 			cmp.Compare(strings.ToLower(a.ClientID), strings.ToLower(b.ClientID)),
 			cmp.Compare(a.ResourceID, b.ResourceID))
@@ -418,19 +416,19 @@ func (r *Resolver) selectorIdentities(namespace, selector string) []imds.Identit
 
 // identityOf converts an AzureIdentity to the identity it serves, if kvnode
 // can serve it (onAzureIdentity logs the ones it cannot).
-func identityOf(az *AzureIdentity) (imds.Identity, bool) {
+func identityOf(az *AzureIdentity) (podauth.Identity, bool) {
 	if az.Spec.Type != UserAssignedMSI || az.Spec.ClientID == "" {
-		return imds.Identity{}, false
+		return podauth.Identity{}, false
 	}
-	return imds.Identity{ClientID: az.Spec.ClientID, ResourceID: az.Spec.ResourceID, Source: imds.SourceIMDS}, true
+	return podauth.Identity{ClientID: az.Spec.ClientID, ResourceID: az.Spec.ResourceID, Source: podauth.SourceIMDS}, true
 }
 
 // dedupe drops identities whose client ID (compared without case) appeared
 // earlier in ids. It returns nil for no identities.
-func dedupe(ids []imds.Identity) []imds.Identity {
+func dedupe(ids []podauth.Identity) []podauth.Identity {
 	out := ids[:0]
 	for _, id := range ids {
-		if !slices.ContainsFunc(out, func(o imds.Identity) bool { return strings.EqualFold(o.ClientID, id.ClientID) }) {
+		if !slices.ContainsFunc(out, func(o podauth.Identity) bool { return strings.EqualFold(o.ClientID, id.ClientID) }) {
 			out = append(out, id)
 		}
 	}

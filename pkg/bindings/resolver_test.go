@@ -13,7 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
 
-	"github.com/kvnode/kvnode/pkg/imds"
+	"github.com/kvnode/kvnode/pkg/podauth"
 	"github.com/kvnode/kvnode/test/controlplane"
 	"github.com/kvnode/kvnode/test/testenv"
 )
@@ -56,8 +56,8 @@ func startCluster(t *testing.T) *cluster {
 	return &cluster{t: t, ctx: ctx, cp: cp, dyn: dyn, r: r}
 }
 
-func pod(ns, sa, selector string) imds.Pod {
-	p := imds.Pod{Namespace: ns, Name: "p", UID: "uid", ServiceAccount: sa}
+func pod(ns, sa, selector string) podauth.Pod {
+	p := podauth.Pod{Namespace: ns, Name: "p", UID: "uid", ServiceAccount: sa}
 	if selector != "" {
 		p.Labels = map[string]string{SelectorLabel: selector, "app": "x"}
 	}
@@ -65,7 +65,7 @@ func pod(ns, sa, selector string) imds.Pod {
 }
 
 // eventually waits until p's identities are want.
-func (c *cluster) eventually(p imds.Pod, want ...imds.Identity) {
+func (c *cluster) eventually(p podauth.Pod, want ...podauth.Identity) {
 	c.t.Helper()
 	require.EventuallyWithT(c.t, func(t *assert.CollectT) {
 		assert.Equal(t, want, c.r.IdentitiesFor(p))
@@ -121,12 +121,12 @@ func (c *cluster) remove(gvr schema.GroupVersionResource, ns, name string) {
 	require.NoError(c.t, c.dyn.Resource(gvr).Namespace(ns).Delete(c.ctx, name, metav1.DeleteOptions{}))
 }
 
-func wi(clientID, tenant string) imds.Identity {
-	return imds.Identity{ClientID: clientID, TenantID: tenant, Source: imds.SourceWorkloadIdentity}
+func wi(clientID, tenant string) podauth.Identity {
+	return podauth.Identity{ClientID: clientID, TenantID: tenant, Source: podauth.SourceWorkloadIdentity}
 }
 
-func mi(clientID, resourceID string) imds.Identity {
-	return imds.Identity{ClientID: clientID, ResourceID: resourceID, Source: imds.SourceIMDS}
+func mi(clientID, resourceID string) podauth.Identity {
+	return podauth.Identity{ClientID: clientID, ResourceID: resourceID, Source: podauth.SourceIMDS}
 }
 
 const (
@@ -157,7 +157,7 @@ func TestServiceAccountAnnotations(t *testing.T) {
 
 	// A client ID known to be assigned to the node is served by IMDS.
 	c.applySA("apps", "wi", map[string]string{ClientIDAnnotation: nodeMI})
-	c.eventually(p, imds.Identity{ClientID: nodeMI, Source: imds.SourceIMDS})
+	c.eventually(p, podauth.Identity{ClientID: nodeMI, Source: podauth.SourceIMDS})
 
 	c.applySA("apps", "wi", map[string]string{"unrelated": "x"})
 	c.eventually(p)
@@ -191,7 +191,7 @@ func TestAzureIdentityBindings(t *testing.T) {
 		// A binding in apps naming an identity that exists only in other.
 		c.binding("apps", "cross-binding", "foreign-id", "web")
 		c.eventually(pod("other", "default", "web"), mi(clientD, resD))
-		assert.Equal(t, []imds.Identity{mi(clientC, resC)}, c.r.IdentitiesFor(web))
+		assert.Equal(t, []podauth.Identity{mi(clientC, resC)}, c.r.IdentitiesFor(web))
 		c.remove(AzureIdentityBindingsResource, "apps", "cross-binding")
 	})
 

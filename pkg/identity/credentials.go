@@ -1,7 +1,3 @@
-// Package identity decides which Azure identity a workload may use and builds
-// the credential for it. kvdriver uses it to turn a mount's parameters and
-// secrets into an azcore.TokenCredential; nmi will use it to map a pod to its
-// bound identities.
 package identity
 
 import (

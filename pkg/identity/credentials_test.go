@@ -2,12 +2,6 @@ package identity
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"encoding/base64"
-	"encoding/json"
-	"math/big"
 	"net/http"
 	"testing"
 	"time"
@@ -40,19 +34,17 @@ const (
 type fixture struct {
 	emu   *emulator.Emulator
 	creds *Credentials
-	key   *ecdsa.PrivateKey
+	iss   *emulator.Issuer
 }
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
 	testenv.RequireNetns(t)
-	emu, err := emulator.Start(emulator.Options{Dir: t.TempDir()})
-	require.NoError(t, err)
-	t.Cleanup(func() { emu.Close() })
+	emu := emulator.StartT(t)
 
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	iss, err := emulator.NewIssuer(issuer)
 	require.NoError(t, err)
-	require.NoError(t, emu.TrustIssuer(issuer, jwks(t, key)))
+	require.NoError(t, emu.TrustIssuer(issuer, iss.JWKS()))
 	_, err = emu.AddApplication(emulator.Principal{TenantID: tenant, ClientID: spClient, Secret: "sp-secret-1"})
 	require.NoError(t, err)
 	_, err = emu.AddApplication(emulator.Principal{TenantID: tenant, ClientID: wiClient, Federated: []emulator.FederatedCredential{
@@ -63,35 +55,13 @@ func newFixture(t *testing.T) *fixture {
 	require.NoError(t, err)
 
 	creds := NewCredentials(Options{ClientOptions: azcore.ClientOptions{Transport: emu.HTTPClient()}})
-	return &fixture{emu: emu, creds: creds, key: key}
-}
-
-func jwks(t *testing.T, key *ecdsa.PrivateKey) []byte {
-	t.Helper()
-	pad := func(b *big.Int) string {
-		out := make([]byte, 32)
-		b.FillBytes(out)
-		return base64.RawURLEncoding.EncodeToString(out)
-	}
-	doc, err := json.Marshal(map[string]any{"keys": []map[string]string{{
-		"kty": "EC", "crv": "P-256", "kid": "k1", "alg": "ES256", "use": "sig",
-		"x": pad(key.X), "y": pad(key.Y),
-	}}})
-	require.NoError(t, err)
-	return doc
+	return &fixture{emu: emu, creds: creds, iss: iss}
 }
 
 // saToken signs a service-account token the way kube-apiserver would.
 func (f *fixture) saToken(t *testing.T, ns, sa string) string {
 	t.Helper()
-	now := time.Now()
-	tok := jwt.NewWithClaims(jwt.SigningMethodES256, jwt.RegisteredClaims{
-		Issuer: issuer, Subject: "system:serviceaccount:" + ns + ":" + sa,
-		Audience: jwt.ClaimStrings{"api://AzureADTokenExchange"},
-		IssuedAt: jwt.NewNumericDate(now), NotBefore: jwt.NewNumericDate(now), ExpiresAt: jwt.NewNumericDate(now.Add(time.Hour)),
-	})
-	tok.Header["kid"] = "k1"
-	s, err := tok.SignedString(f.key)
+	s, err := f.iss.ServiceAccountToken(ns, sa, WorkloadAudience)
 	require.NoError(t, err)
 	return s
 }

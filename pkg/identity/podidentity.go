@@ -14,6 +14,8 @@ import (
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+
+	"github.com/kvnode/kvnode/pkg/podauth"
 )
 
 // DefaultNMIEndpoint is where nmi serves /host/token/ for the node itself.
@@ -47,13 +49,13 @@ func (c *podIdentityCredential) GetToken(ctx context.Context, opts policy.TokenR
 		return azcore.AccessToken{}, fmt.Errorf("pod identity: want one scope, got %d", len(opts.Scopes))
 	}
 	resource := strings.TrimSuffix(opts.Scopes[0], "/.default")
-	u := c.endpoint + "/host/token/?resource=" + url.QueryEscape(resource)
+	u := c.endpoint + podauth.HostTokenPath + "?resource=" + url.QueryEscape(resource)
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
 		return azcore.AccessToken{}, fmt.Errorf("pod identity: %w", err)
 	}
-	req.Header.Set("podns", c.namespace)
-	req.Header.Set("podname", c.pod)
+	req.Header.Set(podauth.HeaderPodNamespace, c.namespace)
+	req.Header.Set(podauth.HeaderPodName, c.pod)
 	resp, err := c.client.Do(req)
 	if err != nil {
 		return azcore.AccessToken{}, fmt.Errorf("pod identity: nmi at %s: %w", c.endpoint, err)

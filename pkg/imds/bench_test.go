@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/kvnode/kvnode/pkg/tokencache"
+	"github.com/kvnode/kvnode/pkg/tokensource"
 )
 
 // discardWriter is a minimal http.ResponseWriter that keeps nothing but the
@@ -35,7 +36,7 @@ func benchServer(b *testing.B) *Server {
 		}
 		return tokencache.Token{AccessToken: string(tok), ExpiresOn: time.Now().Add(time.Hour), NotBefore: time.Now()}, nil
 	}), tokencache.Options{})
-	srv, err := New(Config{Pods: w.srv.pods, Bindings: w.srv.bindings, Tokens: CacheTokens{IMDS: cache}})
+	srv, err := New(Config{Pods: w.srv.pods, Bindings: w.srv.bindings, Tokens: tokensource.Cached{IMDS: cache}})
 	if err != nil {
 		b.Fatal(err)
 	}

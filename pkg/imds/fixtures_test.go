@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kvnode/kvnode/pkg/podauth"
+
 	"github.com/go-logr/logr/funcr"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
@@ -25,31 +27,36 @@ func TestMain(m *testing.M) { testenv.Main(m) }
 
 // fakePods is a PodFinder over fixed maps.
 type fakePods struct {
-	byIP   map[netip.Addr]Pod
-	byName map[string]Pod
+	byIP   map[netip.Addr]podauth.Pod
+	byName map[string]podauth.Pod
 }
 
 func newFakePods() *fakePods {
-	return &fakePods{byIP: map[netip.Addr]Pod{}, byName: map[string]Pod{}}
+	return &fakePods{byIP: map[netip.Addr]podauth.Pod{}, byName: map[string]podauth.Pod{}}
 }
 
-func (f *fakePods) add(ip string, p Pod) {
+func (f *fakePods) add(ip string, p podauth.Pod) {
 	if ip != "" {
 		f.byIP[netip.MustParseAddr(ip)] = p
 	}
 	f.byName[p.Namespace+"/"+p.Name] = p
 }
 
-func (f *fakePods) PodByIP(ip netip.Addr, _ int) (Pod, bool) { p, ok := f.byIP[ip]; return p, ok }
-func (f *fakePods) PodByName(ns, name string) (Pod, bool) {
+func (f *fakePods) PodByIP(ip netip.Addr, _ int) (podauth.Pod, bool) {
+	p, ok := f.byIP[ip]
+	return p, ok
+}
+func (f *fakePods) PodByName(ns, name string) (podauth.Pod, bool) {
 	p, ok := f.byName[ns+"/"+name]
 	return p, ok
 }
 
 // fakeBindings binds identities to pods by namespace/name.
-type fakeBindings map[string][]Identity
+type fakeBindings map[string][]podauth.Identity
 
-func (f fakeBindings) IdentitiesFor(p Pod) []Identity { return f[p.Namespace+"/"+p.Name] }
+func (f fakeBindings) IdentitiesFor(p podauth.Pod) []podauth.Identity {
+	return f[p.Namespace+"/"+p.Name]
+}
 
 // countingTokens is a TokenSource that issues a fixed token per identity and
 // counts calls; err, when set, fails every call.
@@ -61,7 +68,7 @@ type countingTokens struct {
 	nbf   time.Time
 }
 
-func (c *countingTokens) Token(_ context.Context, _ Pod, id Identity, resource string) (tokencache.Token, error) {
+func (c *countingTokens) Token(_ context.Context, _ podauth.Pod, id podauth.Identity, resource string) (tokencache.Token, error) {
 	c.calls.Add(1)
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -87,11 +94,11 @@ const (
 )
 
 var (
-	idA = Identity{ClientID: "aaaaaaaa-0000-0000-0000-00000000000a", ObjectID: "0a0a0a0a-0000-0000-0000-00000000000a",
+	idA = podauth.Identity{ClientID: "aaaaaaaa-0000-0000-0000-00000000000a", ObjectID: "0a0a0a0a-0000-0000-0000-00000000000a",
 		ResourceID: "/subscriptions/s/resourcegroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/id-a"}
-	idB = Identity{ClientID: "bbbbbbbb-0000-0000-0000-00000000000b", ObjectID: "0b0b0b0b-0000-0000-0000-00000000000b",
+	idB = podauth.Identity{ClientID: "bbbbbbbb-0000-0000-0000-00000000000b", ObjectID: "0b0b0b0b-0000-0000-0000-00000000000b",
 		ResourceID: "/subscriptions/s/resourcegroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/id-b"}
-	idC = Identity{ClientID: "cccccccc-0000-0000-0000-00000000000c"}
+	idC = podauth.Identity{ClientID: "cccccccc-0000-0000-0000-00000000000c"}
 )
 
 // fixedNow is the handler tests' clock: tokens expire an hour later.
@@ -108,10 +115,10 @@ type testWorld struct {
 func newTestWorld(t testing.TB, now func() time.Time) *testWorld {
 	t.Helper()
 	pods := newFakePods()
-	pods.add(podIP, Pod{Namespace: "default", Name: "app", ServiceAccount: "app"})
-	pods.add(multiIP, Pod{Namespace: "default", Name: "multi", ServiceAccount: "multi"})
-	pods.add(unboundIP, Pod{Namespace: "default", Name: "lonely", ServiceAccount: "lonely"})
-	pods.add(otherIP, Pod{Namespace: "default", Name: "other", ServiceAccount: "other"})
+	pods.add(podIP, podauth.Pod{Namespace: "default", Name: "app", ServiceAccount: "app"})
+	pods.add(multiIP, podauth.Pod{Namespace: "default", Name: "multi", ServiceAccount: "multi"})
+	pods.add(unboundIP, podauth.Pod{Namespace: "default", Name: "lonely", ServiceAccount: "lonely"})
+	pods.add(otherIP, podauth.Pod{Namespace: "default", Name: "other", ServiceAccount: "other"})
 	bindings := fakeBindings{
 		"default/app":   {idA},
 		"default/multi": {idA, idC},

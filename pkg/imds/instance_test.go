@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/kvnode/kvnode/pkg/podauth"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -52,7 +54,7 @@ func TestInstanceMetadataProxy(t *testing.T) {
 
 	newServer := func(instance *InstanceProxy) http.Handler {
 		pods := newFakePods()
-		pods.add(podIP, Pod{Namespace: "default", Name: "app", ServiceAccount: "app"})
+		pods.add(podIP, podauth.Pod{Namespace: "default", Name: "app", ServiceAccount: "app"})
 		srv, err := New(Config{Pods: pods, Bindings: fakeBindings{}, Tokens: &countingTokens{}, Registry: prometheus.NewRegistry(), Instance: instance})
 		require.NoError(t, err)
 		return srv.Restrict(TokenPath, InstancePath)

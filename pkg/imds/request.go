@@ -4,6 +4,8 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+
+	"github.com/kvnode/kvnode/pkg/podauth"
 )
 
 // The error descriptions shared with IMDS (and the emulator's IMDS in
@@ -176,13 +178,13 @@ func validAPIVersion(v string) bool {
 // selectIdentity picks the bound identity a request names, or the only
 // bound identity when it names none. Comparisons ignore case (GUIDs and ARM
 // IDs are case-insensitive). A refusal never names another identity.
-func selectIdentity(bound []Identity, q *tokenQuery) (Identity, *requestError) {
+func selectIdentity(bound []podauth.Identity, q *tokenQuery) (podauth.Identity, *requestError) {
 	if len(bound) == 0 {
-		return Identity{}, &requestError{status: http.StatusForbidden, code: "invalid_request", desc: "No identity is bound to this pod"}
+		return podauth.Identity{}, &requestError{status: http.StatusForbidden, code: "invalid_request", desc: "No identity is bound to this pod"}
 	}
 	if q.sel == selectNone {
 		if len(bound) > 1 {
-			return Identity{}, badRequest(descAmbiguous)
+			return podauth.Identity{}, badRequest(descAmbiguous)
 		}
 		return bound[0], nil
 	}
@@ -200,5 +202,5 @@ func selectIdentity(bound []Identity, q *tokenQuery) (Identity, *requestError) {
 			return bound[i], nil
 		}
 	}
-	return Identity{}, &requestError{status: http.StatusForbidden, code: "invalid_request", desc: "The requested identity is not bound to this pod"}
+	return podauth.Identity{}, &requestError{status: http.StatusForbidden, code: "invalid_request", desc: "The requested identity is not bound to this pod"}
 }

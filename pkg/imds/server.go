@@ -51,13 +51,15 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"k8s.io/klog/v2"
 
+	"github.com/kvnode/kvnode/pkg/podauth"
 	"github.com/kvnode/kvnode/pkg/tokencache"
+	"github.com/kvnode/kvnode/pkg/tokensource"
 )
 
 // The routes.
 const (
-	TokenPath     = "/metadata/identity/oauth2/token"
-	HostTokenPath = "/host/token/"
+	TokenPath     = tokensource.TokenPath
+	HostTokenPath = podauth.HostTokenPath
 	HealthzPath   = "/healthz"
 	ReadyzPath    = "/readyz"
 	MetricsPath   = "/metrics"
@@ -69,7 +71,7 @@ type Config struct {
 	Pods PodFinder
 	// Bindings lists a pod's identities. Required.
 	Bindings Bindings
-	// Tokens serves tokens, normally CacheTokens. Required.
+	// Tokens serves tokens, normally tokensource.Cached. Required.
 	Tokens TokenSource
 	// Ready reports whether the server may take traffic (informers synced,
 	// iptables rules installed), for /readyz; nil is always ready.
@@ -84,7 +86,7 @@ type Config struct {
 	// nil uses a private registry.
 	Registry *prometheus.Registry
 	// CacheStats, when set, exports the token cache's counters (hits,
-	// misses, upstream calls and errors); CacheTokens.Stats fits.
+	// misses, upstream calls and errors); tokensource.Cached.Stats fits.
 	CacheStats func() tokencache.Stats
 	// HostAddrs are addresses, besides loopback, that /host/token/ treats as
 	// the node itself. Only list addresses no pod can send from.

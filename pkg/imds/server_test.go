@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kvnode/kvnode/pkg/podauth"
+
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -37,7 +39,7 @@ const (
 
 // tokenBody is the exact answer for identity id and the vault resource at
 // fixedNow, from countingTokens.
-func tokenBody(id Identity) string {
+func tokenBody(id podauth.Identity) string {
 	return `{"access_token":"tok-` + id.ClientID + `-https://vault.azure.net","refresh_token":"","expires_in":"3600",` +
 		`"expires_on":"1767326645","not_before":"1767322745","resource":"https://vault.azure.net","token_type":"Bearer",` +
 		`"client_id":"` + id.ClientID + `"}`

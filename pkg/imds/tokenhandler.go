@@ -7,6 +7,9 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/kvnode/kvnode/pkg/podauth"
+	"github.com/kvnode/kvnode/pkg/tokensource"
+
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 	"k8s.io/klog/v2"
 
@@ -66,9 +69,9 @@ func (s *Server) serveHostToken(w http.ResponseWriter, r *http.Request, rawQuery
 	if rerr != nil {
 		return s.writeError(w, rerr)
 	}
-	ns, name := r.Header["Podns"], r.Header["Podname"]
+	ns, name := r.Header[podNamespaceHeader], r.Header[podNameHeader]
 	if len(ns) != 1 || len(name) != 1 || ns[0] == "" || name[0] == "" {
-		return s.writeError(w, badRequest("Required headers 'podns' and 'podname' not specified"))
+		return s.writeError(w, badRequest("Required headers '"+podauth.HeaderPodNamespace+"' and '"+podauth.HeaderPodName+"' not specified"))
 	}
 	if !s.synced() {
 		return s.writeError(w, notSynced())
@@ -89,7 +92,7 @@ func notSynced() *requestError {
 }
 
 // answerToken selects the pod's identity and answers with its token.
-func (s *Server) answerToken(ctx context.Context, w http.ResponseWriter, pod Pod, q *tokenQuery, host bool) int {
+func (s *Server) answerToken(ctx context.Context, w http.ResponseWriter, pod podauth.Pod, q *tokenQuery, host bool) int {
 	id, rerr := selectIdentity(s.bindings.IdentitiesFor(pod), q)
 	if rerr != nil {
 		if rerr.status == http.StatusForbidden {
@@ -113,14 +116,14 @@ func (s *Server) answerToken(ctx context.Context, w http.ResponseWriter, pod Pod
 // through, and only for statuses a client can act on.
 func upstreamFailure(err error) *requestError {
 	var (
-		ue *UpstreamError
+		ue *tokensource.UpstreamError
 		af *azidentity.AuthenticationFailedError
 	)
 	switch {
 	case errors.Is(err, tokencache.ErrUpstreamBusy):
 		return &requestError{status: http.StatusTooManyRequests, code: "too_many_requests",
 			desc: "Too many token requests to the node's identity endpoint; retry after a short wait"}
-	case errors.Is(err, ErrNoSource):
+	case errors.Is(err, tokensource.ErrNoSource):
 		return &requestError{status: http.StatusInternalServerError, code: "unknown_error",
 			desc: "This node cannot issue tokens for the bound identity's kind"}
 	case errors.As(err, &af):
@@ -179,3 +182,9 @@ func aadstsCode(msg string) string {
 	}
 	return msg[i:j]
 }
+
+// The /host/token/ headers in canonical form, as net/http keys them.
+var (
+	podNamespaceHeader = http.CanonicalHeaderKey(podauth.HeaderPodNamespace)
+	podNameHeader      = http.CanonicalHeaderKey(podauth.HeaderPodName)
+)

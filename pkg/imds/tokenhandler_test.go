@@ -19,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/kvnode/kvnode/pkg/tokencache"
+	"github.com/kvnode/kvnode/pkg/tokensource"
 )
 
 // TestTokenWireFormat checks the 200 answer field by field: every value a
@@ -134,21 +135,21 @@ func TestUpstreamFailures(t *testing.T) {
 	}{
 		{"cache busy", fmt.Errorf("wrapped: %w", tokencache.ErrUpstreamBusy), 429,
 			`{"error":"too_many_requests","error_description":"Too many token requests to the node's identity endpoint; retry after a short wait"}`, "1"},
-		{"identity not on the node", &UpstreamError{Status: 400, Code: "invalid_request", Description: "Identity not found"}, 400,
+		{"identity not on the node", &tokensource.UpstreamError{Status: 400, Code: "invalid_request", Description: "Identity not found"}, 400,
 			`{"error":"invalid_request","error_description":"Identity not found"}`, ""},
-		{"identity being assigned", &UpstreamError{Status: 404}, 404,
+		{"identity being assigned", &tokensource.UpstreamError{Status: 404}, 404,
 			`{"error":"not_found","error_description":"The node's identity endpoint answered 404"}`, ""},
-		{"IMDS updating", &UpstreamError{Status: 410, Code: "service_unavailable", Description: "updating"}, 410,
+		{"IMDS updating", &tokensource.UpstreamError{Status: 410, Code: "service_unavailable", Description: "updating"}, 410,
 			`{"error":"service_unavailable","error_description":"updating"}`, ""},
-		{"IMDS throttling", &UpstreamError{Status: 429, Code: "too_many_requests", Description: "slow down"}, 429,
+		{"IMDS throttling", &tokensource.UpstreamError{Status: 429, Code: "too_many_requests", Description: "slow down"}, 429,
 			`{"error":"too_many_requests","error_description":"slow down"}`, "1"},
-		{"IMDS 500", &UpstreamError{Status: 500, Code: "unknown_error", Description: planted}, 502,
+		{"IMDS 500", &tokensource.UpstreamError{Status: 500, Code: "unknown_error", Description: planted}, 502,
 			`{"error":"unknown_error","error_description":"The node's identity endpoint answered 500"}`, ""},
-		{"IMDS 401", &UpstreamError{Status: 401}, 502,
+		{"IMDS 401", &tokensource.UpstreamError{Status: 401}, 502,
 			`{"error":"unknown_error","error_description":"The node's identity endpoint answered 401"}`, ""},
 		{"transport failure", errors.New("dial tcp 169.254.169.254:80: connect: connection refused"), 502,
 			`{"error":"unknown_error","error_description":"The node's identity endpoint could not be reached"}`, ""},
-		{"no source for the identity kind", ErrNoSource, 500,
+		{"no source for the identity kind", tokensource.ErrNoSource, 500,
 			`{"error":"unknown_error","error_description":"This node cannot issue tokens for the bound identity's kind"}`, ""},
 	}
 	for _, tc := range cases {
@@ -170,7 +171,7 @@ func TestMetrics(t *testing.T) {
 	cache := tokencache.New(tokencache.SourceFunc(func(context.Context, tokencache.Key) (tokencache.Token, error) {
 		return tokencache.Token{AccessToken: "t", ExpiresOn: time.Now().Add(time.Hour)}, nil
 	}), tokencache.Options{})
-	tokens := CacheTokens{IMDS: cache}
+	tokens := tokensource.Cached{IMDS: cache}
 	srv, err := New(Config{Pods: w.srv.pods, Bindings: w.srv.bindings, Tokens: tokens, CacheStats: tokens.Stats, Registry: prometheus.NewRegistry()})
 	require.NoError(t, err)
 	w.srv = srv

@@ -50,9 +50,7 @@ type fetchEnv struct {
 func newFetchEnv(t testing.TB) *fetchEnv {
 	t.Helper()
 	testenv.RequireNetns(t)
-	e, err := emulator.Start(emulator.Options{Dir: t.TempDir()})
-	require.NoError(t, err)
-	t.Cleanup(func() { e.Close() })
+	e := emulator.StartT(t)
 	app, err := e.AddApplication(emulator.Principal{TenantID: testTenant, ClientID: "11111111-2222-4333-8444-555555555555", Secret: plantedClientSecret})
 	require.NoError(t, err)
 	require.NoError(t, e.CreateVault(testVault, emulator.VaultOptions{TenantID: testTenant}))

@@ -59,10 +59,8 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
 
-	"github.com/kvnode/kvnode/pkg/imds"
+	"github.com/kvnode/kvnode/pkg/podauth"
 )
-
-var _ imds.PodFinder = (*Index)(nil)
 
 // Links tells which pod interface carries an address now;
 // interception.PodRoutes is the implementation.
@@ -95,7 +93,7 @@ type podName struct{ namespace, name string }
 
 // record is one indexed pod.
 type record struct {
-	pod imds.Pod
+	pod podauth.Pod
 	uid types.UID
 	// ips are the addresses the pod claims (empty for host-network and
 	// terminal pods).
@@ -193,7 +191,7 @@ func (ix *Index) WaitForSync(ctx context.Context) bool {
 // When the best two claims are equal, it finds nothing (see the package
 // comment). IPv4-mapped IPv6 addresses are looked up as IPv4, and an IPv6
 // zone is ignored.
-func (ix *Index) PodByIP(ip netip.Addr, link int) (imds.Pod, bool) {
+func (ix *Index) PodByIP(ip netip.Addr, link int) (podauth.Pod, bool) {
 	ip = ip.Unmap().WithZone("")
 	ix.mu.RLock()
 	defer ix.mu.RUnlock()
@@ -213,18 +211,18 @@ func (ix *Index) PodByIP(ip netip.Addr, link int) (imds.Pod, bool) {
 		}
 	}
 	if best == nil || tie {
-		return imds.Pod{}, false
+		return podauth.Pod{}, false
 	}
 	return best.rec.pod, true
 }
 
 // PodByName returns the pod namespace/name, whatever its phase or network.
-func (ix *Index) PodByName(namespace, name string) (imds.Pod, bool) {
+func (ix *Index) PodByName(namespace, name string) (podauth.Pod, bool) {
 	ix.mu.RLock()
 	defer ix.mu.RUnlock()
 	rec, ok := ix.byName[podName{namespace, name}]
 	if !ok {
-		return imds.Pod{}, false
+		return podauth.Pod{}, false
 	}
 	return rec.pod, true
 }
@@ -281,7 +279,7 @@ func (ix *Index) set(p *corev1.Pod, ips []netip.Addr, links []int) {
 	}
 	// The record is shared by the claims, and readers copy rec.pod under
 	// the read lock, so it is updated in place under the write lock.
-	rec.pod = imds.Pod{
+	rec.pod = podauth.Pod{
 		Namespace:      p.Namespace,
 		Name:           p.Name,
 		UID:            string(p.UID),

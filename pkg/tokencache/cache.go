@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sync/semaphore"
 	"golang.org/x/sync/singleflight"
 	"golang.org/x/time/rate"
+	"k8s.io/apimachinery/pkg/types"
 )
 
 // Key identifies a cached token.
@@ -28,10 +29,18 @@ type Key struct {
 	// Tenant is the tenant that issued the token; empty when the source
 	// implies it (a node's IMDS).
 	Tenant string
+	// ServiceAccount is the Kubernetes service account the token was
+	// obtained through, for a workload identity: two service accounts
+	// whose federated credentials name the same application get a token
+	// each. Empty for a node's managed identities, which are the node's
+	// whichever pod asks.
+	ServiceAccount types.NamespacedName
 }
 
 // flightKey is the singleflight key for k; NUL cannot occur in the fields.
-func (k Key) flightKey() string { return k.Identity + "\x00" + k.Resource + "\x00" + k.Tenant }
+func (k Key) flightKey() string {
+	return k.Identity + "\x00" + k.Resource + "\x00" + k.Tenant + "\x00" + k.ServiceAccount.Namespace + "\x00" + k.ServiceAccount.Name
+}
 
 // Token is an access token and its lifetime.
 type Token struct {
@@ -189,13 +198,6 @@ func (c *Cache) Get(ctx context.Context, key Key) (Token, error) {
 	case <-ctx.Done():
 		return Token{}, ctx.Err()
 	}
-}
-
-// Invalidate drops the token for key, so the next Get fetches a new one.
-func (c *Cache) Invalidate(key Key) {
-	c.mu.Lock()
-	delete(c.entries, key)
-	c.mu.Unlock()
 }
 
 // Stats returns the cache's counters.

@@ -43,9 +43,7 @@ func newFixture(t *testing.T, opts Options) *fixture {
 	if os.Geteuid() != 0 {
 		t.Skip("skipped: mounting tmpfs needs root")
 	}
-	emu, err := emulator.Start(emulator.Options{Dir: t.TempDir()})
-	require.NoError(t, err)
-	t.Cleanup(func() { emu.Close() })
+	emu := emulator.StartT(t)
 	app, err := emu.AddApplication(emulator.Principal{TenantID: tenant, ClientID: clientID, Secret: secret})
 	require.NoError(t, err)
 	require.NoError(t, emu.CreateVault(vault, emulator.VaultOptions{TenantID: tenant}))

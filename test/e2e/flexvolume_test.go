@@ -60,9 +60,7 @@ type flexEnv struct {
 func startFlexEnv(t *testing.T) *flexEnv {
 	t.Helper()
 	testenv.RequireNetns(t)
-	emu, err := emulator.Start(emulator.Options{Dir: t.TempDir()})
-	require.NoError(t, err)
-	t.Cleanup(func() { emu.Close() })
+	emu := emulator.StartT(t)
 
 	root := t.TempDir()
 	// Registered after TempDir, so it runs first: a test that stops early

@@ -96,9 +96,7 @@ func startDriverEnvArgs(t testing.TB, driverArgs ...string) *driverEnv {
 func startNode(t testing.TB) (*controlplane.ControlPlane, *emulator.Emulator) {
 	t.Helper()
 	cp := controlplane.Start(t, controlplane.Options{CRDDirectoryPaths: []string{filepath.Join("..", "..", "charts", "kvnode", "crds")}})
-	emu, err := emulator.Start(emulator.Options{Dir: t.TempDir()})
-	require.NoError(t, err)
-	t.Cleanup(func() { emu.Close() })
+	emu := emulator.StartT(t)
 	return cp, emu
 }
 

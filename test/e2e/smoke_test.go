@@ -35,9 +35,7 @@ func TestSmokeWorkloadIdentity(t *testing.T) {
 	defer cancel()
 
 	cp := controlplane.Start(t, controlplane.Options{})
-	emu, err := emulator.Start(emulator.Options{Dir: t.TempDir()})
-	require.NoError(t, err)
-	t.Cleanup(func() { emu.Close() })
+	emu := emulator.StartT(t)
 
 	// Entra ID trusts the cluster's service-account issuer.
 	jwks, err := cp.JWKS(ctx)

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"testing"
 	"time"
 )
 
@@ -393,4 +394,16 @@ func (c *notifyCloseConn) Close() error {
 	err := c.Conn.Close()
 	c.closeOnce.Do(c.onClose)
 	return err
+}
+
+// StartT starts an emulator for the test t, with its files in a temporary
+// directory, and closes it when t ends; a failure to start fails t.
+func StartT(t testing.TB) *Emulator {
+	t.Helper()
+	e, err := Start(Options{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatalf("start the Azure emulator: %v", err)
+	}
+	t.Cleanup(func() { _ = e.Close() })
+	return e
 }

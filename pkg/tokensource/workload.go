@@ -1,4 +1,4 @@
-package identity
+package tokensource
 
 import (
 	"context"
@@ -14,46 +14,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 
+	"github.com/kvnode/kvnode/pkg/identity"
 	"github.com/kvnode/kvnode/pkg/tokencache"
 )
-
-// WorkloadAudience is the audience Entra ID requires on the service-account
-// token a workload identity presents.
-const WorkloadAudience = "api://AzureADTokenExchange"
-
-// WorkloadKey is what a workload-identity token is cached under: the
-// application and resource, and the service account whose federated
-// credential obtained it. Two service accounts that name the same client ID
-// get two tokens, each from its own exchange, so a pod never receives a
-// token its own service account could not have obtained.
-type WorkloadKey struct {
-	Namespace      string
-	ServiceAccount string
-	ClientID       string
-	TenantID       string
-	Resource       string
-}
-
-// CacheKey returns k as a tokencache.Key. tokencache.Key has no field for
-// the service account, so Identity holds "namespace/serviceaccount/clientID":
-// Kubernetes names cannot contain '/', which keeps the split unambiguous.
-func (k WorkloadKey) CacheKey() tokencache.Key {
-	return tokencache.Key{
-		Identity: k.Namespace + "/" + k.ServiceAccount + "/" + k.ClientID,
-		Resource: k.Resource,
-		Tenant:   k.TenantID,
-	}
-}
-
-// ParseWorkloadKey reverses CacheKey.
-func ParseWorkloadKey(key tokencache.Key) (WorkloadKey, error) {
-	parts := strings.SplitN(key.Identity, "/", 3)
-	if len(parts) != 3 || parts[0] == "" || parts[1] == "" || parts[2] == "" {
-		return WorkloadKey{}, fmt.Errorf("workload identity key %q: want namespace/serviceaccount/clientID", key.Identity)
-	}
-	return WorkloadKey{Namespace: parts[0], ServiceAccount: parts[1], ClientID: parts[2],
-		TenantID: key.Tenant, Resource: key.Resource}, nil
-}
 
 // WorkloadTokenOptions configure WorkloadTokens.
 type WorkloadTokenOptions struct {
@@ -67,8 +30,9 @@ type WorkloadTokenOptions struct {
 }
 
 // WorkloadTokens is the tokencache.Source for workload identities, as nmi
-// serves them: for a WorkloadKey it asks the TokenRequest API for a token of
-// the key's service account with audience WorkloadAudience and a short life,
+// serves them: for a key (application, tenant, resource and the service
+// account that asks) it asks the TokenRequest API for a token of
+// the key's service account with audience identity.WorkloadAudience and a short life,
 // and exchanges it at Entra ID for an access token of the key's application
 // (azidentity's ClientAssertionCredential). Entra ID checks that the
 // application has a federated credential for this issuer and
@@ -104,24 +68,24 @@ var errNoTenant = errors.New("no tenant ID: annotate the ServiceAccount with azu
 
 // Token exchanges a fresh service-account token for an access token of key.
 func (w *WorkloadTokens) Token(ctx context.Context, key tokencache.Key) (tokencache.Token, error) {
-	k, err := ParseWorkloadKey(key)
-	if err != nil {
-		return tokencache.Token{}, err
+	sa := key.ServiceAccount
+	if sa.Namespace == "" || sa.Name == "" {
+		return tokencache.Token{}, fmt.Errorf("workload identity %s: the key names no service account", key.Identity)
 	}
-	if k.TenantID == "" {
-		return tokencache.Token{}, fmt.Errorf("workload identity %s for %s/%s: %w", k.ClientID, k.Namespace, k.ServiceAccount, errNoTenant)
+	if key.Tenant == "" {
+		return tokencache.Token{}, fmt.Errorf("workload identity %s for %s: %w", key.Identity, sa, errNoTenant)
 	}
 	assertion := func(ctx context.Context) (string, error) {
-		return w.serviceAccountToken(ctx, k.Namespace, k.ServiceAccount)
+		return w.serviceAccountToken(ctx, sa.Namespace, sa.Name)
 	}
-	cred, err := azidentity.NewClientAssertionCredential(k.TenantID, k.ClientID, assertion,
+	cred, err := azidentity.NewClientAssertionCredential(key.Tenant, key.Identity, assertion,
 		&azidentity.ClientAssertionCredentialOptions{ClientOptions: w.opts.ClientOptions})
 	if err != nil {
-		return tokencache.Token{}, fmt.Errorf("workload identity %s: build credential: %w", k.ClientID, err)
+		return tokencache.Token{}, fmt.Errorf("workload identity %s: build credential: %w", key.Identity, err)
 	}
-	tok, err := cred.GetToken(ctx, policy.TokenRequestOptions{Scopes: []string{ScopeFor(k.Resource)}})
+	tok, err := cred.GetToken(ctx, policy.TokenRequestOptions{Scopes: []string{ScopeFor(key.Resource)}})
 	if err != nil {
-		return tokencache.Token{}, fmt.Errorf("workload identity %s for %s/%s: %w", k.ClientID, k.Namespace, k.ServiceAccount, err)
+		return tokencache.Token{}, fmt.Errorf("workload identity %s for %s: %w", key.Identity, sa, err)
 	}
 	return tokencache.Token{AccessToken: tok.Token, ExpiresOn: tok.ExpiresOn}, nil
 }
@@ -131,7 +95,7 @@ func (w *WorkloadTokens) Token(ctx context.Context, key tokencache.Key) (tokenca
 func (w *WorkloadTokens) serviceAccountToken(ctx context.Context, namespace, name string) (string, error) {
 	secs := int64(w.opts.AssertionLifetime / time.Second)
 	tr := &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{
-		Audiences:         []string{WorkloadAudience},
+		Audiences:         []string{identity.WorkloadAudience},
 		ExpirationSeconds: &secs,
 	}}
 	out, err := w.sas.ServiceAccounts(namespace).CreateToken(ctx, name, tr, metav1.CreateOptions{})

@@ -1,4 +1,4 @@
-package imds
+package tokensource
 
 import (
 	"context"
@@ -15,38 +15,34 @@ import (
 	"github.com/kvnode/kvnode/pkg/tokencache"
 )
 
-// upstreamAPIVersion is the identity endpoint version Upstream asks for.
+// TokenPath is the path of IMDS's managed-identity token endpoint, which
+// nmi serves to pods and asks of the node's IMDS.
+const TokenPath = "/metadata/identity/oauth2/token"
+
+// upstreamAPIVersion is the identity endpoint version NodeIMDS asks for.
 const upstreamAPIVersion = "2018-02-01"
 
-// maxUpstreamBody bounds what Upstream reads of an answer.
+// maxUpstreamBody bounds what NodeIMDS reads of an answer.
 const maxUpstreamBody = 1 << 20
 
-// Upstream fetches managed-identity tokens from the node's IMDS. It is the
-// tokencache.Source behind CacheTokens.IMDS: the key's Identity is the
-// client ID of a managed identity assigned to the node; its Tenant is
-// ignored (IMDS implies it).
-type Upstream struct {
+// NodeIMDS fetches managed-identity tokens from the node's IMDS: it is the
+// tokencache.Source behind Cached.IMDS. The key's Identity is the client ID
+// of a managed identity assigned to the node; its Tenant is ignored (IMDS
+// implies it).
+type NodeIMDS struct {
 	tokenURL string
 	client   *http.Client
 	now      func() time.Time
 }
 
-var _ tokencache.Source = (*Upstream)(nil)
+var _ tokencache.Source = (*NodeIMDS)(nil)
 
-// NewUpstream returns an Upstream for the IMDS at baseURL (normally
-// http://169.254.169.254). A nil client uses one that never goes through a
-// proxy (IMDS must be reached directly; the environment's proxy settings
-// are ignored) and has no overall timeout of its own: tokencache bounds
-// each call.
-func NewUpstream(baseURL string, client *http.Client) *Upstream {
-	if client == nil {
-		client = &http.Client{Transport: &http.Transport{
-			Proxy:               nil,
-			MaxIdleConnsPerHost: 5,
-			IdleConnTimeout:     90 * time.Second,
-		}}
-	}
-	return &Upstream{
+// NewNodeIMDS returns a NodeIMDS for the IMDS at baseURL (normally
+// http://169.254.169.254), reached with client. The client must not go
+// through a proxy (IMDS is reached directly) and needs no overall timeout:
+// tokencache bounds each call.
+func NewNodeIMDS(baseURL string, client *http.Client) *NodeIMDS {
+	return &NodeIMDS{
 		tokenURL: strings.TrimRight(baseURL, "/") + TokenPath,
 		client:   client,
 		now:      time.Now,
@@ -78,7 +74,7 @@ func (e *UpstreamError) Error() string {
 var errBadTokenAnswer = errors.New("identity endpoint answered 200 without a usable token")
 
 // Token requests a token for key.Identity and key.Resource.
-func (u *Upstream) Token(ctx context.Context, key tokencache.Key) (tokencache.Token, error) {
+func (u *NodeIMDS) Token(ctx context.Context, key tokencache.Key) (tokencache.Token, error) {
 	q := url.Values{}
 	q.Set("api-version", upstreamAPIVersion)
 	q.Set("resource", key.Resource)

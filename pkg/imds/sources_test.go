@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"sync"
 	"testing"
 	"time"
@@ -17,7 +16,9 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/kvnode/kvnode/pkg/podauth"
 	"github.com/kvnode/kvnode/pkg/tokencache"
+	"github.com/kvnode/kvnode/pkg/tokensource"
 	"github.com/kvnode/kvnode/test/emulator"
 	"github.com/kvnode/kvnode/test/testenv"
 )
@@ -25,82 +26,27 @@ import (
 const vault = "https://vault.azure.net"
 
 // startEmulator starts the Azure emulator with one managed identity assigned
-// to the node and returns it with an Upstream that reaches its IMDS through
-// the emulator's forward proxy (the way nmi reaches the real one, at
-// http://169.254.169.254, minus the proxy).
-func startEmulator(t *testing.T) (*emulator.Emulator, emulator.Principal, *Upstream) {
+// to the node and returns it with a node-IMDS token source that reaches its
+// IMDS through the emulator's forward proxy (the way nmi reaches the real
+// one, at http://169.254.169.254, minus the proxy).
+func startEmulator(t *testing.T) (*emulator.Emulator, emulator.Principal, *tokensource.NodeIMDS) {
 	t.Helper()
 	testenv.RequireNetns(t)
-	e, err := emulator.Start(emulator.Options{Dir: t.TempDir()})
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = e.Close() })
+	e := emulator.StartT(t)
 	p, err := e.AddManagedIdentity(emulator.Principal{TenantID: "72f988bf-86f1-41af-91ab-2d7cd011db47"})
 	require.NoError(t, err)
-	proxy, err := url.Parse(e.ProxyURL())
-	require.NoError(t, err)
-	client := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(proxy), MaxIdleConnsPerHost: 5}}
-	return e, p, NewUpstream("http://"+emulator.IMDSHost, client)
+	return e, p, tokensource.NewNodeIMDS("http://"+emulator.IMDSHost, e.HTTPClient())
 }
 
-func TestUpstreamAgainstEmulator(t *testing.T) {
-	e, p, up := startEmulator(t)
-	ctx := context.Background()
-
-	before := time.Now()
-	tok, err := up.Token(ctx, tokencache.Key{Identity: p.ClientID, Resource: vault})
-	require.NoError(t, err)
-	assert.NotEmpty(t, tok.AccessToken)
-	assert.WithinDuration(t, before.Add(time.Hour), tok.ExpiresOn, 5*time.Second)
-	assert.False(t, tok.NotBefore.After(time.Now()))
-	reqs := e.Requests(emulator.RequestFilter{Service: emulator.ServiceIMDS})
-	require.Len(t, reqs, 1)
-	assert.Equal(t, p.ClientID, reqs[0].Identity)
-	assert.Equal(t, http.StatusOK, reqs[0].Status)
-
-	// An identity the node does not have: IMDS's 400 comes back as an
-	// UpstreamError with its code and description.
-	_, err = up.Token(ctx, tokencache.Key{Identity: "00000000-0000-0000-0000-00000000dead", Resource: vault})
-	var ue *UpstreamError
-	require.ErrorAs(t, err, &ue)
-	assert.Equal(t, UpstreamError{Status: 400, Code: "invalid_request", Description: "Identity not found"}, *ue)
-
-	// A fault: IMDS's 500 is an UpstreamError too.
-	require.NoError(t, e.InjectIMDSFault(emulator.Fault{Status: http.StatusInternalServerError, Count: 1}))
-	_, err = up.Token(ctx, tokencache.Key{Identity: p.ClientID, Resource: vault})
-	require.ErrorAs(t, err, &ue)
-	assert.Equal(t, http.StatusInternalServerError, ue.Status)
-	assert.NotContains(t, err.Error(), tok.AccessToken)
-}
-
-func TestParseTokenAnswer(t *testing.T) {
-	now := time.Unix(1700000000, 0)
-	tok, err := parseTokenAnswer([]byte(`{"access_token":"a","expires_in":"3599","expires_on":"1700003599","not_before":"1699999700","token_type":"Bearer"}`), now)
-	require.NoError(t, err)
-	assert.Equal(t, tokencache.Token{AccessToken: "a", ExpiresOn: time.Unix(1700003599, 0), NotBefore: time.Unix(1699999700, 0)}, tok)
-
-	tok, err = parseTokenAnswer([]byte(`{"access_token":"a","expires_in":600}`), now)
-	require.NoError(t, err)
-	assert.Equal(t, now.Add(10*time.Minute), tok.ExpiresOn)
-
-	for _, body := range []string{`not json eyJsecret`, `{"access_token":""}`, `{"access_token":"eyJsecret"}`, `{"access_token":"eyJsecret","expires_on":"1700003599","token_type":"pop"}`} {
-		_, err := parseTokenAnswer([]byte(body), now)
-		require.Error(t, err, body)
-		assert.NotContains(t, err.Error(), "eyJsecret")
-	}
-}
-
-// TestConcurrentColdRequestsOneUpstreamCall: 1,000 pods' requests at once
-// for one identity and resource that nothing has asked for yet make exactly
-// one call to IMDS, through the real cache and the real (emulated) IMDS.
 func TestConcurrentColdRequestsOneUpstreamCall(t *testing.T) {
 	e, p, up := startEmulator(t)
 	cache := tokencache.New(up, tokencache.Options{})
-	tokens := CacheTokens{IMDS: cache}
+	tokens := tokensource.Cached{IMDS: cache}
 	pods := newFakePods()
-	pods.add(podIP, Pod{Namespace: "default", Name: "app", ServiceAccount: "app"})
+	pods.add(podIP, podauth.Pod{Namespace: "default", Name: "app", ServiceAccount: "app"})
 	srv, err := New(Config{
 		Pods:       pods,
-		Bindings:   fakeBindings{"default/app": {{ClientID: p.ClientID, ResourceID: p.ResourceID, Source: SourceIMDS}}},
+		Bindings:   fakeBindings{"default/app": {{ClientID: p.ClientID, ResourceID: p.ResourceID, Source: podauth.SourceIMDS}}},
 		Tokens:     tokens,
 		CacheStats: tokens.Stats,
 	})
@@ -159,12 +105,12 @@ func TestConcurrentColdRequestsOneUpstreamCall(t *testing.T) {
 // lacks reaches the pod as IMDS's own 400, and a failing IMDS as a 502.
 func TestEmulatorErrorsThroughServer(t *testing.T) {
 	e, p, up := startEmulator(t)
-	tokens := CacheTokens{IMDS: tokencache.New(up, tokencache.Options{})}
+	tokens := tokensource.Cached{IMDS: tokencache.New(up, tokencache.Options{})}
 	pods := newFakePods()
-	pods.add(podIP, Pod{Namespace: "default", Name: "app"})
-	ghost := Identity{ClientID: "00000000-0000-0000-0000-00000000dead"}
+	pods.add(podIP, podauth.Pod{Namespace: "default", Name: "app"})
+	ghost := podauth.Identity{ClientID: "00000000-0000-0000-0000-00000000dead"}
 	srv, err := New(Config{Pods: pods, Tokens: tokens,
-		Bindings: fakeBindings{"default/app": {{ClientID: p.ClientID, Source: SourceIMDS}, ghost}}})
+		Bindings: fakeBindings{"default/app": {{ClientID: p.ClientID, Source: podauth.SourceIMDS}, ghost}}})
 	require.NoError(t, err)
 	addr := (&testWorld{srv: srv}).serve(t, podIP)[podIP]
 
@@ -185,9 +131,7 @@ func TestEmulatorErrorsThroughServer(t *testing.T) {
 // with Entra's error code, not as a 502 that says nothing.
 func TestEntraRefusalIsForbidden(t *testing.T) {
 	testenv.RequireNetns(t)
-	e, err := emulator.Start(emulator.Options{Dir: t.TempDir()})
-	require.NoError(t, err)
-	t.Cleanup(func() { e.Close() })
+	e := emulator.StartT(t)
 	const tenant = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"
 	app, err := e.AddApplication(emulator.Principal{TenantID: tenant, ClientID: "f0e1d2c3-b4a5-4968-8776-a5b4c3d2e1f0"})
 	require.NoError(t, err)

@@ -1,4 +1,4 @@
-package identity
+package tokensource
 
 import (
 	"context"
@@ -12,35 +12,13 @@ import (
 	"github.com/stretchr/testify/require"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 
+	"github.com/kvnode/kvnode/pkg/identity"
 	"github.com/kvnode/kvnode/pkg/tokencache"
 )
-
-func TestWorkloadKeyRoundTrip(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		key  WorkloadKey
-	}{
-		{"plain", WorkloadKey{Namespace: "apps", ServiceAccount: "web", ClientID: wiClient, TenantID: tenant, Resource: "https://vault.azure.net"}},
-		{"no tenant", WorkloadKey{Namespace: "apps", ServiceAccount: "web", ClientID: wiClient, Resource: "https://vault.azure.net"}},
-		{"odd client ID", WorkloadKey{Namespace: "a", ServiceAccount: "b", ClientID: "x/y/z", Resource: "r"}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			got, err := ParseWorkloadKey(tc.key.CacheKey())
-			require.NoError(t, err)
-			assert.Equal(t, tc.key, got)
-		})
-	}
-	// The service account is part of the key: same application, two keys.
-	a := WorkloadKey{Namespace: "apps", ServiceAccount: "web", ClientID: wiClient, Resource: "r"}.CacheKey()
-	b := WorkloadKey{Namespace: "apps", ServiceAccount: "batch", ClientID: wiClient, Resource: "r"}.CacheKey()
-	assert.NotEqual(t, a, b)
-
-	_, err := ParseWorkloadKey(tokencache.Key{Identity: wiClient})
-	assert.Error(t, err, "a key without a service account")
-}
 
 // tokenRequests records the TokenRequests a fake clientset answered.
 type tokenRequests struct {
@@ -81,9 +59,9 @@ func TestWorkloadTokensExchange(t *testing.T) {
 	cache := tokencache.New(src, tokencache.Options{})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	web := WorkloadKey{Namespace: "apps", ServiceAccount: "web", ClientID: wiClient, TenantID: tenant, Resource: "https://vault.azure.net"}
+	web := tokencache.Key{Identity: wiClient, Tenant: tenant, Resource: "https://vault.azure.net", ServiceAccount: types.NamespacedName{Namespace: "apps", Name: "web"}}
 
-	tok, err := cache.Get(ctx, web.CacheKey())
+	tok, err := cache.Get(ctx, web)
 	require.NoError(t, err)
 	c := jwt.MapClaims{}
 	_, _, err = jwt.NewParser().ParseUnverified(tok.AccessToken, c)
@@ -100,12 +78,12 @@ func TestWorkloadTokensExchange(t *testing.T) {
 	rec.mu.Unlock()
 	assert.Equal(t, "apps", call.namespace)
 	assert.Equal(t, "web", call.name)
-	assert.Equal(t, []string{WorkloadAudience}, call.spec.Audiences)
+	assert.Equal(t, []string{identity.WorkloadAudience}, call.spec.Audiences)
 	require.NotNil(t, call.spec.ExpirationSeconds)
 	assert.EqualValues(t, 600, *call.spec.ExpirationSeconds)
 
 	// A second request is a cache hit: no exchange.
-	again, err := cache.Get(ctx, web.CacheKey())
+	again, err := cache.Get(ctx, web)
 	require.NoError(t, err)
 	assert.Equal(t, tok.AccessToken, again.AccessToken)
 	assert.Equal(t, 1, f.tokenRequests(wiClient))
@@ -114,8 +92,8 @@ func TestWorkloadTokensExchange(t *testing.T) {
 	// cached token: it makes its own exchange, which Entra ID refuses
 	// because no federated credential trusts that account.
 	other := web
-	other.ServiceAccount = "batch"
-	_, err = cache.Get(ctx, other.CacheKey())
+	other.ServiceAccount.Name = "batch"
+	_, err = cache.Get(ctx, other)
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "apps/batch")
 	assert.NotContains(t, err.Error(), tok.AccessToken)
@@ -123,7 +101,7 @@ func TestWorkloadTokensExchange(t *testing.T) {
 
 func TestWorkloadTokensNeedATenant(t *testing.T) {
 	src := NewWorkloadTokens(fake.NewClientset().CoreV1(), WorkloadTokenOptions{})
-	_, err := src.Token(context.Background(), WorkloadKey{Namespace: "apps", ServiceAccount: "web", ClientID: wiClient, Resource: "r"}.CacheKey())
+	_, err := src.Token(context.Background(), tokencache.Key{Identity: wiClient, Resource: "r", ServiceAccount: types.NamespacedName{Namespace: "apps", Name: "web"}})
 	assert.ErrorIs(t, err, errNoTenant)
 }
 
