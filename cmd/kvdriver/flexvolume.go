@@ -18,6 +18,7 @@ import (
 
 	"github.com/kvnode/kvnode/pkg/flexvolume"
 	"github.com/kvnode/kvnode/pkg/identity"
+	"github.com/kvnode/kvnode/pkg/kvdriver"
 )
 
 // flexVolumeDriverName is the file name kubelet runs the azure/kv driver by:
@@ -103,7 +104,7 @@ func flexVolumeCall(args []string) flexvolume.Result {
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	// The process serves one call: an object cache could never be shared.
-	driver := flexvolume.NewDriver(newPublisher(cfg.TmpfsSize, 0, cfg.NMIEndpoint), flexvolume.Options{StrictParameters: cfg.StrictParameters})
+	driver := flexvolume.NewDriver(kvdriver.NewPublisher(cfg.TmpfsSize, 0, cfg.NMIEndpoint), flexvolume.Options{StrictParameters: cfg.StrictParameters})
 	return driver.Run(klog.NewContext(ctx, logger), fs.Args())
 }
 

@@ -13,8 +13,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"slices"
@@ -22,53 +20,16 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"golang.org/x/sync/errgroup"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 
 	"github.com/kvnode/kvnode/pkg/csi"
 	"github.com/kvnode/kvnode/pkg/identity"
-	"github.com/kvnode/kvnode/pkg/keyvault"
+	"github.com/kvnode/kvnode/pkg/kvdriver"
 	"github.com/kvnode/kvnode/pkg/provider"
 	"github.com/kvnode/kvnode/pkg/secretsync"
 	"github.com/kvnode/kvnode/pkg/version"
-	"github.com/kvnode/kvnode/pkg/volume"
 )
-
-// Config is kvdriver's command line.
-type Config struct {
-	Endpoint   string
-	NodeID     string
-	DriverName string
-	Kubeconfig string
-	TmpfsSize  string
-	Resync     time.Duration
-	CacheTTL   time.Duration
-	// NMIEndpoint is nmi's node-local /host/token/ base URL (usePodIdentity).
-	NMIEndpoint string
-	KubeQPS     float64
-	KubeBurst   int
-	// StrictParameters refuses the SecretProviderClass mistakes the
-	// upstream provider tolerates.
-	StrictParameters bool
-	// SyncSecrets writes the Secrets of classes' secretObjects, of
-	// SyncSecretTypes.
-	SyncSecrets     bool
-	SyncSecretTypes string
-	// MetricsAddr serves /metrics; empty disables it.
-	MetricsAddr string
-	// ProviderDirs are searched for the sockets of other stores' provider
-	// plugins; MaxProviderResponse caps a plugin's answer in bytes.
-	ProviderDirs        dirList
-	MaxProviderResponse int
-}
 
 // dirList is a repeatable, comma-separated list flag; the first use
 // replaces the default.
@@ -110,7 +71,11 @@ func main() {
 }
 
 func run(args []string) error {
-	var cfg Config
+	var (
+		cfg         kvdriver.Config
+		dirs        = dirList{dirs: slices.Clone(provider.DefaultDirs)}
+		secretTypes string
+	)
 	fs := flag.NewFlagSet("kvdriver", flag.ContinueOnError)
 	fs.StringVar(&cfg.Endpoint, "endpoint", "unix:///csi/csi.sock", "CSI endpoint (a unix socket)")
 	fs.StringVar(&cfg.NodeID, "nodeid", os.Getenv("NODE_NAME"), "this node's name (default $NODE_NAME)")
@@ -127,11 +92,10 @@ func run(args []string) error {
 		"refuse (InvalidArgument) the SecretProviderClass mistakes the upstream Azure provider tolerates; by default they are mounted as upstream mounts them, with a Warning event on the pod")
 	fs.BoolVar(&cfg.SyncSecrets, "sync-secrets", true,
 		"write the Kubernetes Secrets that SecretProviderClasses' secretObjects describe (needs create and patch on Secrets)")
-	fs.StringVar(&cfg.SyncSecretTypes, "sync-secret-types", secretTypes(secretsync.DefaultTypes()),
+	fs.StringVar(&secretTypes, "sync-secret-types", joinTypes(secretsync.DefaultTypes()),
 		"comma-separated Secret types kvdriver may write (the chart's syncSecret.types; its admission policy refuses any other)")
 	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", ":8095", "address serving Prometheus metrics at /metrics (the upstream driver's port); empty disables it")
-	cfg.ProviderDirs.dirs = slices.Clone(provider.DefaultDirs)
-	fs.Var(&cfg.ProviderDirs, "providers-dir",
+	fs.Var(&dirs, "providers-dir",
 		"directory holding the sockets (<provider>.sock) of the provider plugins that classes of other providers than azure are forwarded to; repeatable or comma-separated, searched in order")
 	fs.IntVar(&cfg.MaxProviderResponse, "max-call-recv-msg-size", provider.DefaultMaxResponseSize,
 		"largest answer in bytes accepted from a provider plugin (the upstream driver's flag)")
@@ -150,109 +114,17 @@ func run(args []string) error {
 	if cfg.NodeID == "" {
 		return errors.New("--nodeid (or $NODE_NAME) is required")
 	}
-
-	restCfg, err := restConfig(cfg.Kubeconfig)
+	cfg.ProviderDirs, cfg.SyncSecretTypes = dirs.dirs, parseSecretTypes(secretTypes)
+	d, err := kvdriver.New(cfg)
 	if err != nil {
 		return err
 	}
-	restCfg.UserAgent = "kvdriver/" + version.Version
-	// client-go's default of 5 QPS would hold every new mount ~200 ms behind
-	// the pod-status writes of the mounts before it when many pods start.
-	restCfg.QPS, restCfg.Burst = float32(cfg.KubeQPS), cfg.KubeBurst
-	dyn, err := dynamic.NewForConfig(restCfg)
-	if err != nil {
-		return err
-	}
-
-	kube, err := kubernetes.NewForConfig(restCfg)
-	if err != nil {
-		return err
-	}
-	events := csi.NewPodEvents(kube, "kvdriver", cfg.NodeID)
-	defer events.Shutdown()
-
-	var secrets csi.SecretSyncer
-	if cfg.SyncSecrets {
-		secrets = secretsync.New(kube.CoreV1(), secretsync.Options{Types: parseSecretTypes(cfg.SyncSecretTypes)})
-	}
-
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	metrics := csi.NewMetrics(reg)
-
-	providers := provider.NewClients(provider.Options{Dirs: cfg.ProviderDirs.dirs, MaxResponseSize: cfg.MaxProviderResponse})
-	defer providers.Close()
-
-	classes := csi.NewClassInformer(dyn, cfg.Resync)
-	statuses := csi.NewStatusRecorder(csi.NewPodStatusWriter(dyn), 100*time.Millisecond)
-	node := csi.NewNodeServer(cfg.NodeID, classes, newPublisher(cfg.TmpfsSize, cfg.CacheTTL, cfg.NMIEndpoint), statuses,
-		csi.NodeServerOptions{StrictParameters: cfg.StrictParameters, Events: events, Secrets: secrets, Metrics: metrics,
-			Providers: providers})
-	ids := csi.NewIdentityServer(cfg.DriverName, version.Version, classes.HasSynced)
-	srv, err := csi.Listen(cfg.Endpoint, ids, node)
-	if err != nil {
-		return err
-	}
-
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	classes.Start(ctx)
-	klog.InfoS("kvdriver serving", "endpoint", cfg.Endpoint, "node", cfg.NodeID, "driver", cfg.DriverName, "version", version.Version,
-		"providersDirs", cfg.ProviderDirs.dirs)
-
-	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return srv.Serve(ctx) })
-	g.Go(func() error { statuses.Run(ctx, 2); return nil })
-	if cfg.MetricsAddr != "" {
-		ms, err := metricsServer(cfg.MetricsAddr, reg)
-		if err != nil {
-			return err
-		}
-		g.Go(func() error { return ms(ctx) })
-	}
-	g.Go(func() error {
-		if !classes.WaitForSync(ctx) {
-			return nil // shutting down
-		}
-		klog.InfoS("SecretProviderClass informer synced")
-		return nil
-	})
-	return g.Wait()
+	return d.Run(ctx)
 }
 
-// newPublisher builds the publisher both front doors mount with: Key Vault
-// fetch and conversion (objects shared for cacheTTL; 0 disables),
-// credentials, and tmpfs mounts by system call.
-func newPublisher(tmpfsSize string, cacheTTL time.Duration, nmiEndpoint string) *volume.Publisher {
-	return volume.NewPublisher(volume.NewMounter(),
-		keyvault.NewFetcher(keyvault.Options{CacheTTL: cacheTTL}),
-		identity.NewCredentials(identity.Options{NMIEndpoint: nmiEndpoint}),
-		volume.Options{TmpfsSize: tmpfsSize})
-}
-
-// metricsServer listens on addr and returns the function that serves
-// /metrics until ctx ends.
-func metricsServer(addr string, reg *prometheus.Registry) (func(context.Context) error, error) {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("--metrics-addr: %w", err)
-	}
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	return func(ctx context.Context) error {
-		go func() {
-			<-ctx.Done()
-			_ = srv.Close()
-		}()
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			return err
-		}
-		return nil
-	}, nil
-}
-
-func secretTypes(types []corev1.SecretType) string {
+func joinTypes(types []corev1.SecretType) string {
 	s := make([]string, len(types))
 	for i, t := range types {
 		s[i] = string(t)
@@ -268,11 +140,4 @@ func parseSecretTypes(list string) []corev1.SecretType {
 		}
 	}
 	return types
-}
-
-func restConfig(kubeconfig string) (*rest.Config, error) {
-	if kubeconfig != "" {
-		return clientcmd.BuildConfigFromFlags("", kubeconfig)
-	}
-	return rest.InClusterConfig()
 }

@@ -1,0 +1,189 @@
+// Package kvdriver is kvnode's CSI node plugin, as cmd/kvdriver runs it:
+// New wires the SecretProviderClass informer, the publisher (credentials,
+// Key Vault fetch, tmpfs and atomic writer), pod statuses, events, Secret
+// sync, provider forwarding and metrics from a Config, and Run serves the
+// CSI socket until its context ends.
+//
+// A mount reads top to bottom through the packages: csi.NodeServer checks
+// kubelet's request and finds the class (spc parses its parameters,
+// keyvault.ParseObjects its objects); volume.Publisher gets the identity's
+// credential (identity), fetches and renders the objects (keyvault) and
+// writes them to the volume's tmpfs (atomicwriter); csi records the pod's
+// status and events and syncs its Secrets (secretsync). A class of another
+// provider goes to that provider's plugin instead (provider).
+package kvdriver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/errgroup"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/klog/v2"
+
+	"github.com/kvnode/kvnode/pkg/csi"
+	"github.com/kvnode/kvnode/pkg/identity"
+	"github.com/kvnode/kvnode/pkg/keyvault"
+	"github.com/kvnode/kvnode/pkg/kube"
+	"github.com/kvnode/kvnode/pkg/provider"
+	"github.com/kvnode/kvnode/pkg/secretsync"
+	"github.com/kvnode/kvnode/pkg/version"
+	"github.com/kvnode/kvnode/pkg/volume"
+)
+
+// Config is what kvdriver runs with: its command line, parsed.
+type Config struct {
+	Endpoint   string
+	NodeID     string
+	DriverName string
+	Kubeconfig string
+	TmpfsSize  string
+	Resync     time.Duration
+	CacheTTL   time.Duration
+	// NMIEndpoint is nmi's node-local /host/token/ base URL (usePodIdentity).
+	NMIEndpoint string
+	KubeQPS     float64
+	KubeBurst   int
+	// StrictParameters refuses the SecretProviderClass mistakes the
+	// upstream provider tolerates.
+	StrictParameters bool
+	// SyncSecrets writes the Secrets of classes' secretObjects, of
+	// SyncSecretTypes.
+	SyncSecrets     bool
+	SyncSecretTypes []corev1.SecretType
+	// MetricsAddr serves /metrics; empty disables it.
+	MetricsAddr string
+	// ProviderDirs are searched for the sockets of other stores' provider
+	// plugins; MaxProviderResponse caps a plugin's answer in bytes.
+	ProviderDirs        []string
+	MaxProviderResponse int
+}
+
+// Daemon is a wired kvdriver, ready to Run.
+type Daemon struct {
+	cfg       Config
+	classes   *csi.ClassInformer
+	statuses  *csi.StatusRecorder
+	events    *csi.PodEvents
+	providers *provider.Clients
+	srv       *csi.Server
+	reg       *prometheus.Registry
+}
+
+// New builds kvdriver from cfg and binds its CSI socket; the informer
+// starts in Run.
+func New(cfg Config) (*Daemon, error) {
+	d := &Daemon{cfg: cfg}
+	restCfg, err := kube.RESTConfig(cfg.Kubeconfig, "kvdriver/"+version.Version)
+	if err != nil {
+		return nil, err
+	}
+	// client-go's default of 5 QPS would hold every new mount ~200 ms behind
+	// the pod-status writes of the mounts before it when many pods start.
+	restCfg.QPS, restCfg.Burst = float32(cfg.KubeQPS), cfg.KubeBurst
+	dyn, err := dynamic.NewForConfig(restCfg)
+	if err != nil {
+		return nil, err
+	}
+
+	client, err := kubernetes.NewForConfig(restCfg)
+	if err != nil {
+		return nil, err
+	}
+	d.events = csi.NewPodEvents(client, "kvdriver", cfg.NodeID)
+
+	var secrets csi.SecretSyncer
+	if cfg.SyncSecrets {
+		secrets = secretsync.New(client.CoreV1(), secretsync.Options{Types: cfg.SyncSecretTypes})
+	}
+
+	d.reg = prometheus.NewRegistry()
+	d.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := csi.NewMetrics(d.reg)
+
+	d.providers = provider.NewClients(provider.Options{Dirs: cfg.ProviderDirs, MaxResponseSize: cfg.MaxProviderResponse})
+
+	d.classes = csi.NewClassInformer(dyn, cfg.Resync)
+	d.statuses = csi.NewStatusRecorder(csi.NewPodStatusWriter(dyn), 100*time.Millisecond)
+	node := csi.NewNodeServer(cfg.NodeID, d.classes, NewPublisher(cfg.TmpfsSize, cfg.CacheTTL, cfg.NMIEndpoint), d.statuses,
+		csi.NodeServerOptions{StrictParameters: cfg.StrictParameters, Events: d.events, Secrets: secrets, Metrics: metrics,
+			Providers: d.providers})
+	ids := csi.NewIdentityServer(cfg.DriverName, version.Version, d.classes.HasSynced)
+	if d.srv, err = csi.Listen(cfg.Endpoint, ids, node); err != nil {
+		d.events.Shutdown()
+		d.providers.Close()
+		return nil, err
+	}
+	return d, nil
+}
+
+// Run serves the CSI socket, writes pod statuses and serves /metrics until
+// ctx ends.
+func (d *Daemon) Run(ctx context.Context) error {
+	cfg, classes, statuses, srv, reg := d.cfg, d.classes, d.statuses, d.srv, d.reg
+	defer d.events.Shutdown()
+	defer d.providers.Close()
+	classes.Start(ctx)
+	klog.InfoS("kvdriver serving", "endpoint", cfg.Endpoint, "node", cfg.NodeID, "driver", cfg.DriverName, "version", version.Version,
+		"providersDirs", cfg.ProviderDirs)
+
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return srv.Serve(ctx) })
+	g.Go(func() error { statuses.Run(ctx, 2); return nil })
+	if cfg.MetricsAddr != "" {
+		ms, err := metricsServer(cfg.MetricsAddr, reg)
+		if err != nil {
+			return err
+		}
+		g.Go(func() error { return ms(ctx) })
+	}
+	g.Go(func() error {
+		if !classes.WaitForSync(ctx) {
+			return nil // shutting down
+		}
+		klog.InfoS("SecretProviderClass informer synced")
+		return nil
+	})
+	return g.Wait()
+}
+
+// NewPublisher builds the publisher both front doors mount with: Key Vault
+// fetch and conversion (objects shared for cacheTTL; 0 disables),
+// credentials, and tmpfs mounts by system call.
+func NewPublisher(tmpfsSize string, cacheTTL time.Duration, nmiEndpoint string) *volume.Publisher {
+	return volume.NewPublisher(volume.NewMounter(),
+		keyvault.NewFetcher(keyvault.Options{CacheTTL: cacheTTL}),
+		identity.NewCredentials(identity.Options{NMIEndpoint: nmiEndpoint}),
+		volume.Options{TmpfsSize: tmpfsSize})
+}
+
+// metricsServer listens on addr and returns the function that serves
+// /metrics until ctx ends.
+func metricsServer(addr string, reg *prometheus.Registry) (func(context.Context) error, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("--metrics-addr: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	return func(ctx context.Context) error {
+		go func() {
+			<-ctx.Done()
+			_ = srv.Close()
+		}()
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	}, nil
+}
