@@ -21,10 +21,6 @@ import (
 	"github.com/kvnode/kvnode/pkg/kvdriver"
 )
 
-// flexVolumeDriverName is the file name kubelet runs the azure/kv driver by:
-// <plugin dir>/azure~kv/kv.
-const flexVolumeDriverName = "kv"
-
 // FlexVolumeConfig is the command line of one FlexVolume call.
 type FlexVolumeConfig struct {
 	LogFile   string
@@ -42,7 +38,7 @@ type FlexVolumeConfig struct {
 // kubelet runs it, or as "kvdriver flexvolume ...".
 func flexVolumeArgs(argv []string) ([]string, bool) {
 	switch {
-	case len(argv) > 0 && filepath.Base(argv[0]) == flexVolumeDriverName:
+	case len(argv) > 0 && filepath.Base(argv[0]) == flexvolume.DriverFileName:
 		return argv[1:], true
 	case len(argv) > 1 && argv[1] == "flexvolume":
 		return argv[2:], true

@@ -181,6 +181,12 @@ func (s *Server) HTTPServer(addr string) *http.Server {
 		IdleTimeout:                  90 * time.Second,
 		MaxHeaderBytes:               16 << 10,
 		DisableGeneralOptionsHandler: true,
+		// Every request's context carries a logger naming the listener,
+		// which the handlers below log with (klog.FromContext); it is built
+		// once per listener, not per request.
+		BaseContext: func(net.Listener) context.Context {
+			return klog.NewContext(context.Background(), klog.Background().WithValues("listener", addr))
+		},
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			if pl, ok := c.(PodLinker); ok {
 				return context.WithValue(ctx, podLinkKey{}, pl.PodLink())

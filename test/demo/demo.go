@@ -27,6 +27,7 @@ import (
 	"github.com/kvnode/kvnode/pkg/spc"
 	"github.com/kvnode/kvnode/test/controlplane"
 	"github.com/kvnode/kvnode/test/emulator"
+	"github.com/kvnode/kvnode/test/kubelet"
 	"github.com/kvnode/kvnode/test/netns"
 )
 
@@ -373,7 +374,7 @@ func (d *demo) spSecrets() map[string]string {
 }
 
 func (d *demo) publish(ctx context.Context, pod *corev1.Pod) (*csipb.NodePublishVolumeRequest, time.Duration, error) {
-	req := publishRequest(d.kubeletRoot(), pod, volumeName, d.class.name, d.spSecrets())
+	req := kubelet.PublishRequest(d.kubeletRoot(), pod, volumeName, d.class.name, d.spSecrets(), nil)
 	// What kubelet creates before it calls the driver.
 	if err := os.MkdirAll(filepath.Dir(req.TargetPath), 0o750); err != nil {
 		return nil, 0, fmt.Errorf("create the volume's directory: %w", err)
@@ -535,7 +536,7 @@ func (d *demo) rotate(ctx context.Context, pod *corev1.Pod) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	target := publishRequest(d.kubeletRoot(), pod, volumeName, d.class.name, nil).TargetPath
+	target := kubelet.PublishRequest(d.kubeletRoot(), pod, volumeName, d.class.name, nil, nil).TargetPath
 	before, err := os.Readlink(filepath.Join(target, "..data"))
 	if err != nil {
 		return fmt.Errorf("read ..data: %w", err)
@@ -565,7 +566,7 @@ func (d *demo) rotate(ctx context.Context, pod *corev1.Pod) error {
 func (d *demo) unpublish(ctx context.Context, pods []*corev1.Pod) error {
 	var names []string
 	for _, pod := range pods {
-		req := publishRequest(d.kubeletRoot(), pod, volumeName, d.class.name, nil)
+		req := kubelet.PublishRequest(d.kubeletRoot(), pod, volumeName, d.class.name, nil, nil)
 		cctx, cancel := context.WithTimeout(ctx, time.Minute)
 		_, err := d.csi.NodeUnpublishVolume(cctx, &csipb.NodeUnpublishVolumeRequest{VolumeId: req.VolumeId, TargetPath: req.TargetPath})
 		cancel()

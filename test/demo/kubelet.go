@@ -14,7 +14,6 @@ import (
 	csipb "github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
-	corev1 "k8s.io/api/core/v1"
 	"k8s.io/mount-utils"
 )
 
@@ -116,30 +115,6 @@ func waitReady(ctx context.Context, ident csipb.IdentityClient, p *driverProcess
 		if time.Now().After(deadline) {
 			return fmt.Errorf("kvdriver was not ready after 30s (last probe: %v)", err)
 		}
-	}
-}
-
-// publishRequest is what kubelet sends for pod's inline CSI volume: the
-// volume's attributes and, since the CSIDriver asks for pod info on mount,
-// the pod's identity; secrets are its nodePublishSecretRef's data.
-func publishRequest(kubeletRoot string, pod *corev1.Pod, volume, class string, secrets map[string]string) *csipb.NodePublishVolumeRequest {
-	return &csipb.NodePublishVolumeRequest{
-		VolumeId:   "csi-" + string(pod.UID) + "-" + volume,
-		TargetPath: filepath.Join(kubeletRoot, "pods", string(pod.UID), "volumes", "kubernetes.io~csi", volume, "mount"),
-		VolumeCapability: &csipb.VolumeCapability{
-			AccessType: &csipb.VolumeCapability_Mount{Mount: &csipb.VolumeCapability_MountVolume{}},
-			AccessMode: &csipb.VolumeCapability_AccessMode{Mode: csipb.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY},
-		},
-		Readonly: true,
-		Secrets:  secrets,
-		VolumeContext: map[string]string{
-			"secretProviderClass":                    class,
-			"csi.storage.k8s.io/pod.name":            pod.Name,
-			"csi.storage.k8s.io/pod.namespace":       pod.Namespace,
-			"csi.storage.k8s.io/pod.uid":             string(pod.UID),
-			"csi.storage.k8s.io/serviceAccount.name": pod.Spec.ServiceAccountName,
-			"csi.storage.k8s.io/ephemeral":           "true",
-		},
 	}
 }
 

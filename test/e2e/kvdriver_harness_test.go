@@ -3,7 +3,6 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"net/http"
 	"os"
 	"os/exec"
@@ -31,6 +30,7 @@ import (
 	"github.com/kvnode/kvnode/pkg/spc"
 	"github.com/kvnode/kvnode/test/controlplane"
 	"github.com/kvnode/kvnode/test/emulator"
+	"github.com/kvnode/kvnode/test/kubelet"
 	"github.com/kvnode/kvnode/test/testenv"
 )
 
@@ -196,33 +196,16 @@ func (e *driverEnv) createPod(t testing.TB, namespace, name, serviceAccount stri
 // publishRequest is what kubelet sends for an inline csi volume of pod with
 // podInfoOnMount, and tokenRequests when token is set.
 func (e *driverEnv) publishRequest(pod *corev1.Pod, volumeName, class string, secrets map[string]string, token string) *csipb.NodePublishVolumeRequest {
-	vc := map[string]string{
-		"secretProviderClass":                    class,
-		"csi.storage.k8s.io/pod.name":            pod.Name,
-		"csi.storage.k8s.io/pod.namespace":       pod.Namespace,
-		"csi.storage.k8s.io/pod.uid":             string(pod.UID),
-		"csi.storage.k8s.io/serviceAccount.name": pod.Spec.ServiceAccountName,
-		"csi.storage.k8s.io/ephemeral":           "true",
-	}
+	var tokens kubelet.Tokens
 	if token != "" {
-		b, _ := json.Marshal(map[string]any{emulator.DefaultFederatedAudience: map[string]string{
-			"token": token, "expirationTimestamp": time.Now().Add(time.Hour).UTC().Format(time.RFC3339),
-		}})
-		vc["csi.storage.k8s.io/serviceAccount.tokens"] = string(b)
+		tokens = kubelet.Tokens{emulator.DefaultFederatedAudience: token}
 	}
-	return &csipb.NodePublishVolumeRequest{
-		VolumeId:         "csi-" + string(pod.UID) + "-" + volumeName,
-		TargetPath:       e.targetPath(pod, volumeName),
-		VolumeCapability: &csipb.VolumeCapability{AccessType: &csipb.VolumeCapability_Mount{Mount: &csipb.VolumeCapability_MountVolume{}}, AccessMode: &csipb.VolumeCapability_AccessMode{Mode: csipb.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY}},
-		Readonly:         true,
-		Secrets:          secrets,
-		VolumeContext:    vc,
-	}
+	return kubelet.PublishRequest(e.kubelet, pod, volumeName, class, secrets, tokens)
 }
 
 // targetPath is kubelet's layout for a csi volume's mount.
 func (e *driverEnv) targetPath(pod *corev1.Pod, volumeName string) string {
-	return filepath.Join(e.kubelet, "pods", string(pod.UID), "volumes", "kubernetes.io~csi", volumeName, "mount")
+	return kubelet.TargetPath(e.kubelet, pod, volumeName)
 }
 
 // mkTargetParent creates what kubelet creates before it publishes.
