@@ -203,11 +203,6 @@ func (e *driverEnv) publishRequest(pod *corev1.Pod, volumeName, class string, se
 	return kubelet.PublishRequest(e.kubelet, pod, volumeName, class, secrets, tokens)
 }
 
-// targetPath is kubelet's layout for a csi volume's mount.
-func (e *driverEnv) targetPath(pod *corev1.Pod, volumeName string) string {
-	return kubelet.TargetPath(e.kubelet, pod, volumeName)
-}
-
 // mkTargetParent creates what kubelet creates before it publishes.
 func mkTargetParent(t testing.TB, target string) {
 	t.Helper()
