@@ -90,6 +90,10 @@ func run(args []string) error {
 	fs.IntVar(&cfg.KubeBurst, "kube-api-burst", 100, "burst of queries to the API server")
 	fs.BoolVar(&cfg.StrictParameters, "strict-parameters", false,
 		"refuse (InvalidArgument) the SecretProviderClass mistakes the upstream Azure provider tolerates; by default they are mounted as upstream mounts them, with a Warning event on the pod")
+	enableRotation := fs.Bool("enable-secret-rotation", true,
+		"fetch a mounted volume's objects again at kubelet's republish, at most once per --rotation-poll-interval (false: a mounted volume never changes, the upstream driver's default)")
+	fs.DurationVar(&cfg.Rotation.PollInterval, "rotation-poll-interval", 2*time.Minute,
+		"least time between two fetches of one volume's objects (the upstream driver's flag and default)")
 	fs.BoolVar(&cfg.SyncSecrets, "sync-secrets", true,
 		"write the Kubernetes Secrets that SecretProviderClasses' secretObjects describe (needs create and patch on Secrets)")
 	fs.StringVar(&secretTypes, "sync-secret-types", joinTypes(secretsync.DefaultTypes()),
@@ -115,6 +119,7 @@ func run(args []string) error {
 		return errors.New("--nodeid (or $NODE_NAME) is required")
 	}
 	cfg.ProviderDirs, cfg.SyncSecretTypes = dirs.dirs, parseSecretTypes(secretTypes)
+	cfg.Rotation.Disabled = !*enableRotation
 	d, err := kvdriver.New(cfg)
 	if err != nil {
 		return err

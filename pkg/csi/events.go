@@ -37,5 +37,11 @@ func (e *PodEvents) PodWarning(pod PodRef, reason, message string) {
 		corev1.EventTypeWarning, reason, message)
 }
 
+// PodNormal records a Normal event on pod.
+func (e *PodEvents) PodNormal(pod PodRef, reason, message string) {
+	e.recorder.Event(&corev1.ObjectReference{APIVersion: "v1", Kind: "Pod", Namespace: pod.Namespace, Name: pod.Name, UID: pod.UID},
+		corev1.EventTypeNormal, reason, message)
+}
+
 // Shutdown sends what is queued and stops.
 func (e *PodEvents) Shutdown() { e.broadcaster.Shutdown() }

@@ -28,7 +28,7 @@ type ProviderClient interface {
 // driver would send it, and kvdriver writes what it returns into its own
 // tmpfs, as for Key Vault objects. kubelet's republish calls the plugin
 // again, which is how its objects rotate.
-func (s *NodeServer) forward(ctx context.Context, req *csipb.NodePublishVolumeRequest, pod podInfo, class *spc.SecretProviderClass) error {
+func (s *NodeServer) forward(ctx context.Context, req *csipb.NodePublishVolumeRequest, pod podInfo, class *spc.SecretProviderClass, changed *bool) error {
 	name := string(class.Spec.Provider)
 	what := fmt.Sprintf("SecretProviderClass %s/%s", class.Namespace, class.Name)
 	if s.opts.Providers == nil {
@@ -62,6 +62,7 @@ func (s *NodeServer) forward(ctx context.Context, req *csipb.NodePublishVolumeRe
 	logger := klog.FromContext(ctx).WithValues("pod", klog.KRef(pod.namespace, pod.name), "class", class.Name, "provider", name)
 	syncProblems := s.syncSecrets(ctx, pod, class, res.Files)
 	s.warn(logger, req.GetTargetPath(), pod, class, nil, syncProblems)
+	*changed = res.Changed
 	if res.Mounted || res.Changed {
 		s.statuses.Record(podStatus(s.nodeID, pod, class.Name, req.GetTargetPath(), versions))
 		logger.Info("published", "objects", len(versions), "files", len(res.Files), "mounted", res.Mounted, "rotated", !res.Mounted)

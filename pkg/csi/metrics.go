@@ -2,6 +2,7 @@ package csi
 
 import (
 	"runtime"
+	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/status"
@@ -17,6 +18,8 @@ type Metrics struct {
 	syncSecret                    *prometheus.CounterVec
 	syncSecretDuration            *prometheus.HistogramVec
 	toleratedMistakes, syncFailed *prometheus.CounterVec
+	rotation, rotationError       *prometheus.CounterVec
+	rotationDuration              *prometheus.HistogramVec
 }
 
 // NewMetrics registers the metrics with reg.
@@ -39,8 +42,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		toleratedMistakes: counter("kvnode_parameter_warnings_total",
 			"Volumes whose SecretProviderClass holds mistakes the upstream provider tolerates, once per volume and class version (each also a Warning event on the pod)", "provider"),
 		syncFailed: counter("kvnode_sync_k8s_secret_error_total", "Secrets of secretObjects that could not be synced", "os_type", "provider"),
+		rotation:   counter("rotation_reconcile_total", "Total number of rotation reconciles", "os_type", "provider", "rotated"),
+		rotationError: counter("rotation_reconcile_error_total", "Total number of rotation reconciles with error",
+			"os_type", "provider", "rotated", "error_type"),
+		rotationDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "rotation_reconcile_duration_sec", Help: "Distribution of how long it took to rotate secrets-store content for pods",
+			Buckets: prometheus.ExponentialBucketsRange(0.01, 10, 11),
+		}, []string{"os_type"}),
 	}
-	reg.MustRegister(m.syncSecretDuration)
+	reg.MustRegister(m.syncSecretDuration, m.rotationDuration)
 	return m
 }
 
@@ -73,6 +83,21 @@ func (m *Metrics) synced(provider string, secrets, failed int, seconds float64) 
 	m.syncSecret.WithLabelValues(runtime.GOOS, provider).Add(float64(secrets))
 	m.syncFailed.WithLabelValues(runtime.GOOS, provider).Add(float64(failed))
 	m.syncSecretDuration.WithLabelValues(runtime.GOOS).Observe(seconds)
+}
+
+// rotated counts a republish that fetched a written volume's objects
+// again; rotated says whether its files changed.
+func (m *Metrics) rotated(provider string, rotated bool, err error, seconds float64) {
+	if m == nil {
+		return
+	}
+	r := strconv.FormatBool(rotated)
+	if err != nil {
+		m.rotationError.WithLabelValues(runtime.GOOS, provider, r, errorType(err)).Inc()
+		return
+	}
+	m.rotation.WithLabelValues(runtime.GOOS, provider, r).Inc()
+	m.rotationDuration.WithLabelValues(runtime.GOOS).Observe(seconds)
 }
 
 func (m *Metrics) tolerated(provider string) {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -69,6 +70,7 @@ type StatusSink interface {
 // EventSink records events on the pods kvdriver mounts for (PodEvents).
 type EventSink interface {
 	PodWarning(pod PodRef, reason, message string)
+	PodNormal(pod PodRef, reason, message string)
 }
 
 // SecretSyncer writes the Kubernetes Secrets a class's secretObjects
@@ -93,6 +95,11 @@ const (
 	// ReasonSecretSyncFailed: a Secret of the class's secretObjects could
 	// not be written (the upstream driver's reason).
 	ReasonSecretSyncFailed = "FailedToCreateSecret"
+	// ReasonRotationComplete and ReasonRotationFailed: a republish
+	// rotated the files, or failed and kept them (the upstream rotation
+	// reconciler's reasons).
+	ReasonRotationComplete = "MountRotationComplete"
+	ReasonRotationFailed   = "MountRotationFailed"
 )
 
 // NodeServerOptions tune a NodeServer.
@@ -112,6 +119,21 @@ type NodeServerOptions struct {
 	// Providers forwards the mounts of classes whose spec.provider is not
 	// azure to that provider's plugin; nil refuses them.
 	Providers ProviderClient
+	// Rotation says when kubelet's republish of a written volume fetches
+	// its objects again.
+	Rotation RotationOptions
+}
+
+// RotationOptions are the upstream driver's rotation settings.
+type RotationOptions struct {
+	// Disabled leaves a written volume as it is at every republish
+	// (the upstream driver's --enable-secret-rotation=false).
+	Disabled bool
+	// PollInterval is the least time between two fetches of one volume's
+	// objects (--rotation-poll-interval); kubelet republishes about every
+	// minute, and a republish sooner than this after the last fetch
+	// changes nothing.
+	PollInterval time.Duration
 }
 
 // NodeServer is the CSI Node service.
@@ -129,6 +151,9 @@ type NodeServer struct {
 	// class version and the problems): kubelet republishes every minute,
 	// and the pod needs telling once per change, not once a minute.
 	warned map[string]string
+	// fetched is, per target path, when its objects were last fetched and
+	// written (for RotationOptions.PollInterval).
+	fetched map[string]time.Time
 }
 
 var _ csipb.NodeServer = (*NodeServer)(nil)
@@ -136,7 +161,7 @@ var _ csipb.NodeServer = (*NodeServer)(nil)
 // NewNodeServer returns the Node service of node nodeID.
 func NewNodeServer(nodeID string, classes ClassGetter, publisher Publisher, statuses StatusSink, opts NodeServerOptions) *NodeServer {
 	return &NodeServer{nodeID: nodeID, classes: classes, publisher: publisher, statuses: statuses, opts: opts,
-		inFlight: map[string]struct{}{}, warned: map[string]string{}}
+		inFlight: map[string]struct{}{}, warned: map[string]string{}, fetched: map[string]time.Time{}}
 }
 
 // NodeGetInfo returns the node ID.
@@ -188,9 +213,76 @@ func (s *NodeServer) publish(ctx context.Context, req *csipb.NodePublishVolumeRe
 		return status.Errorf(codes.Unavailable, "get SecretProviderClass %s/%s: %v", pod.namespace, className, err)
 	}
 	*provider = string(class.Spec.Provider)
-	if class.Spec.Provider != "azure" {
-		return s.forward(ctx, req, pod, class)
+	target := req.GetTargetPath()
+	// A republish of a volume already written is a rotation: it fetches
+	// again only when due, and its failure leaves the files as they were.
+	remount := written(target)
+	if remount && !s.rotationDue(target) {
+		return nil
 	}
+	start := time.Now()
+	var changed bool
+	if class.Spec.Provider != "azure" {
+		err = s.forward(ctx, req, pod, class, &changed)
+	} else {
+		err = s.publishAzure(ctx, req, pod, class, &changed)
+	}
+	if !remount {
+		if err == nil {
+			s.markFetched(target, start)
+		}
+		return err
+	}
+	s.opts.Metrics.rotated(*provider, changed, err, time.Since(start).Seconds())
+	ref := PodRef{Namespace: pod.namespace, Name: pod.name, UID: types.UID(pod.uid)}
+	logger := klog.FromContext(ctx).WithValues("pod", klog.KRef(pod.namespace, pod.name), "class", className)
+	if err != nil {
+		// As upstream: the error is not returned to kubelet, which would
+		// otherwise fail the pod's running volume (kubernetes#121271);
+		// the files stay, and the pod is told.
+		msg := requestScrubber(req).String(status.Convert(err).Message())
+		logger.Error(nil, "Rotation failed; the volume keeps its files", "code", status.Code(err), "message", msg)
+		if s.opts.Events != nil {
+			s.opts.Events.PodWarning(ref, ReasonRotationFailed, "Rotation of SecretProviderClass "+className+" failed; the files are unchanged: "+msg)
+		}
+		return nil
+	}
+	s.markFetched(target, start)
+	if changed && s.opts.Events != nil {
+		s.opts.Events.PodNormal(ref, ReasonRotationComplete, "Rotated the files of SecretProviderClass "+className)
+	}
+	return nil
+}
+
+// written reports whether target holds a volume kvdriver wrote (its
+// ..data link), whichever process wrote it.
+func written(target string) bool {
+	_, err := os.Lstat(filepath.Join(target, "..data"))
+	return err == nil
+}
+
+// rotationDue reports whether a republish of the written volume at
+// target fetches its objects again.
+func (s *NodeServer) rotationDue(target string) bool {
+	if s.opts.Rotation.Disabled {
+		return false
+	}
+	s.mu.Lock()
+	last, ok := s.fetched[target]
+	s.mu.Unlock()
+	return !ok || time.Since(last) >= s.opts.Rotation.PollInterval
+}
+
+func (s *NodeServer) markFetched(target string, at time.Time) {
+	s.mu.Lock()
+	s.fetched[target] = at
+	s.mu.Unlock()
+}
+
+// publishAzure publishes a class of the Azure provider; changed tells
+// whether the files changed.
+func (s *NodeServer) publishAzure(ctx context.Context, req *csipb.NodePublishVolumeRequest, pod podInfo, class *spc.SecretProviderClass, changed *bool) error {
+	className := class.Name
 	cfg, err := spc.Parse(class.Spec.Parameters)
 	if err != nil {
 		return status.Errorf(codes.InvalidArgument, "SecretProviderClass %s/%s: %v", pod.namespace, className, err)
@@ -224,6 +316,7 @@ func (s *NodeServer) publish(ctx context.Context, req *csipb.NodePublishVolumeRe
 	logger := klog.FromContext(ctx).WithValues("pod", klog.KRef(pod.namespace, pod.name), "class", className)
 	syncProblems := s.syncSecrets(ctx, pod, class, res.Files)
 	s.warn(logger, req.GetTargetPath(), pod, class, warnings, syncProblems)
+	*changed = res.Changed
 	if res.Mounted || res.Changed {
 		s.statuses.Record(podStatus(s.nodeID, pod, className, req.GetTargetPath(), res.Versions))
 		logger.Info("published", "objects", len(cfg.Objects), "files", len(res.Versions), "mounted", res.Mounted, "rotated", !res.Mounted)
@@ -254,6 +347,7 @@ func (s *NodeServer) NodeUnpublishVolume(ctx context.Context, req *csipb.NodeUnp
 	s.opts.Metrics.unpublished(nil)
 	s.mu.Lock()
 	delete(s.warned, req.GetTargetPath())
+	delete(s.fetched, req.GetTargetPath())
 	s.mu.Unlock()
 	klog.FromContext(ctx).V(2).Info("unpublished", "target", req.GetTargetPath())
 	return &csipb.NodeUnpublishVolumeResponse{}, nil

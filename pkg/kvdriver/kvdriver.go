@@ -56,6 +56,8 @@ type Config struct {
 	// StrictParameters refuses the SecretProviderClass mistakes the
 	// upstream provider tolerates.
 	StrictParameters bool
+	// Rotation says when a republish fetches a written volume again.
+	Rotation csi.RotationOptions
 	// SyncSecrets writes the Secrets of classes' secretObjects, of
 	// SyncSecretTypes.
 	SyncSecrets     bool
@@ -116,7 +118,7 @@ func New(cfg Config) (*Daemon, error) {
 	d.statuses = csi.NewStatusRecorder(csi.NewPodStatusWriter(dyn), 100*time.Millisecond)
 	node := csi.NewNodeServer(cfg.NodeID, d.classes, NewPublisher(cfg.TmpfsSize, cfg.CacheTTL, cfg.NMIEndpoint), d.statuses,
 		csi.NodeServerOptions{StrictParameters: cfg.StrictParameters, Events: d.events, Secrets: secrets, Metrics: metrics,
-			Providers: d.providers})
+			Providers: d.providers, Rotation: cfg.Rotation})
 	ids := csi.NewIdentityServer(cfg.DriverName, version.Version, d.classes.HasSynced)
 	if d.srv, err = csi.Listen(cfg.Endpoint, ids, node); err != nil {
 		d.events.Shutdown()

@@ -32,9 +32,10 @@ import (
 )
 
 const (
-	// cacheTTL is kvdriver's --object-cache-ttl: long enough that the second
-	// pod, published right after the first, is served from the cache; short
-	// enough that the rotation shows after a short wait.
+	// cacheTTL is kvdriver's --object-cache-ttl and --rotation-poll-interval:
+	// long enough that the second pod, published right after the first, is
+	// served from the cache; short enough that the rotation shows after a
+	// short wait.
 	cacheTTL = 2 * time.Second
 	// namespace, pods and volume of the demo's workload.
 	namespace      = "demo"
@@ -310,7 +311,7 @@ func (d *demo) startDriver(ctx context.Context) error {
 	}
 	sock := filepath.Join(d.dir, "csi.sock")
 	args := []string{"--endpoint", "unix://" + sock, "--nodeid", nodeName, "--kubeconfig", kubeconfig,
-		"--object-cache-ttl", cacheTTL.String(), "-v", "2"}
+		"--object-cache-ttl", cacheTTL.String(), "--rotation-poll-interval", cacheTTL.String(), "-v", "2"}
 	env := append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + d.dir}, d.emu.Env()...)
 	drv, err := startDriverProcess(d.bin, args, env, filepath.Join(d.dir, "kvdriver.log"))
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -192,12 +193,19 @@ func TestKVDriverForwardsToOtherProviders(t *testing.T) {
 			return !assert.ObjectsAreEqual(before, e.podStatus(t, ns, "rot-0-"+ns+"-vault-rotating"))
 		}, 10*time.Second, 50*time.Millisecond, "the new version was not recorded")
 
-		// A hostile answer at a republish changes nothing.
+		// A hostile answer at a republish changes nothing: kubelet hears
+		// success, as from upstream, and the pod is told with a Warning.
 		e.setParams(t, ns, "vault-rotating", hostile(`[{"path":"../escaped","mode":420,"contents":"b"}]`))
 		require.Eventually(t, func() bool {
 			_, err := e.node.NodePublishVolume(ctx, req)
-			return status.Code(err) == codes.Internal
-		}, 10*time.Second, 50*time.Millisecond, "the class update never reached kvdriver")
+			require.NoError(t, err)
+			for _, ev := range warningEvents(t, e, pod) {
+				if ev.Reason == "MountRotationFailed" && strings.Contains(ev.Message, `"../escaped" must be a relative path inside the mount`) {
+					return true
+				}
+			}
+			return false
+		}, 10*time.Second, 100*time.Millisecond, "the class update never reached kvdriver")
 		b, _ = readFile(t, req.TargetPath, "token")
 		assert.Equal(t, "s.vault-object-2", string(b))
 		assertTmpfs(t, req.TargetPath)

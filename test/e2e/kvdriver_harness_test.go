@@ -122,7 +122,10 @@ func startKVDriver(t testing.TB, cp *controlplane.ControlPlane, emu *emulator.Em
 	require.NoError(t, os.Mkdir(providers, 0o750))
 	cmd := exec.Command(testenv.Binary(t, "kvdriver"),
 		append([]string{"--endpoint", "unix://" + sock, "--nodeid", "node-1", "--kubeconfig", kubeconfig, "-v", "5",
-			"--metrics-addr", metricsAddr, "--providers-dir", providers}, driverArgs...)...)
+			"--metrics-addr", metricsAddr, "--providers-dir", providers,
+			// Every republish fetches again, so that rotation tests need not
+			// wait out the poll interval; a test sets its own after this.
+			"--rotation-poll-interval", "0s"}, driverArgs...)...)
 	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir}, emu.Env()...)
 	cmd.Stdout, cmd.Stderr = logs, logs
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

@@ -1,0 +1,118 @@
+package e2e
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+
+	"github.com/kvnode/kvnode/test/emulator"
+)
+
+// TestKVDriverRotation: kubelet's republish of a mounted volume is a
+// rotation. A new secret version is written, recorded in the pod status,
+// counted (rotation_reconcile_total) and told to the pod with a Normal
+// event; a republish that cannot fetch keeps the files, answers kubelet
+// with success as upstream does, and tells the pod with a Warning event;
+// --rotation-poll-interval spaces fetches, and --enable-secret-rotation=false
+// leaves mounted volumes alone.
+func TestKVDriverRotation(t *testing.T) {
+	e := startDriverEnvArgs(t, "--object-cache-ttl", "0")
+	seedBadInput(t, e)
+	ctx := callCtx(t)
+	const ns = "rotation"
+	require.NoError(t, e.cp.EnsureNamespace(ctx, ns))
+	polled := startKVDriver(t, e.cp, e.emu, "--object-cache-ttl", "0", "--rotation-poll-interval", "1h")
+	frozen := startKVDriver(t, e.cp, e.emu, "--object-cache-ttl", "0", "--enable-secret-rotation=false")
+	v1, err := e.emu.SetSecret(badVault, "rotating", "first value", emulator.SecretOptions{})
+	require.NoError(t, err)
+	e.createClassOf(t, ns, "rot", "", badParams("objects", objectsParam("objectName: rotating\nobjectType: secret")))
+	e.waitForClasses(t, ns)
+	polled.waitForClasses(t, ns)
+	frozen.waitForClasses(t, ns)
+
+	pod := e.createPod(t, ns, "app", "app")
+	req := e.publishRequest(pod, "secrets", "rot", spCredentials(spClientID, spSecret), "")
+	mkTargetParent(t, req.TargetPath)
+	_, err = e.node.NodePublishVolume(ctx, req)
+	require.NoError(t, err)
+	assertFiles(t, req.TargetPath, map[string]string{"rotating": "first value"}, nil)
+	assert.Equal(t, v1, e.podStatus(t, ns, "app-rotation-rot")[0]["version"])
+
+	// Nothing changed: the republish fetches, rewrites nothing, tells no one.
+	_, err = e.node.NodePublishVolume(ctx, req)
+	require.NoError(t, err)
+	assert.Equal(t, float64(1), e.metric(t, "rotation_reconcile_total", map[string]string{"rotated": "false"}))
+
+	// A new version: written, recorded, counted and told.
+	v2, err := e.emu.SetSecret(badVault, "rotating", "second value", emulator.SecretOptions{})
+	require.NoError(t, err)
+	_, err = e.node.NodePublishVolume(ctx, req)
+	require.NoError(t, err)
+	assertFiles(t, req.TargetPath, map[string]string{"rotating": "second value"}, nil)
+	require.Eventually(t, func() bool { return e.podStatus(t, ns, "app-rotation-rot")[0]["version"] == v2 },
+		10*time.Second, 50*time.Millisecond, "the pod status keeps the old version")
+	assert.Equal(t, float64(1), e.metric(t, "rotation_reconcile_total", map[string]string{"rotated": "true", "provider": "azure"}))
+	assert.Equal(t, float64(2), e.metric(t, "rotation_reconcile_duration_sec", nil))
+	normal := waitEvents(t, e, pod, corev1.EventTypeNormal, 1)
+	assert.Equal(t, "MountRotationComplete", normal[0].Reason)
+
+	// The vault refuses: the files stay, kubelet hears success, the pod
+	// is told why.
+	sp, ok := e.emu.Principal(spClientID)
+	require.True(t, ok)
+	require.NoError(t, e.emu.Revoke(badVault, sp.ObjectID))
+	_, err = e.node.NodePublishVolume(ctx, req)
+	require.NoError(t, err, "a failed rotation is not a failed volume")
+	assertFiles(t, req.TargetPath, map[string]string{"rotating": "second value"}, nil)
+	warning := waitEvents(t, e, pod, corev1.EventTypeWarning, 1)
+	assert.Equal(t, "MountRotationFailed", warning[0].Reason)
+	assert.Contains(t, warning[0].Message, "the files are unchanged")
+	assert.NotContains(t, warning[0].Message, spSecret)
+	assert.Equal(t, float64(1), e.metric(t, "rotation_reconcile_error_total", map[string]string{"error_type": "PermissionDenied"}))
+	require.NoError(t, e.emu.Grant(badVault, sp.ObjectID))
+
+	// A poll interval of an hour: the republish right after the mount does
+	// not fetch, so a new version waits.
+	for name, d := range map[string]*driverEnv{"polled": polled, "frozen": frozen} {
+		p := d.createPod(t, ns, name, "app")
+		r := d.publishRequest(p, "secrets", "rot", spCredentials(spClientID, spSecret), "")
+		mkTargetParent(t, r.TargetPath)
+		_, err = d.node.NodePublishVolume(ctx, r)
+		require.NoError(t, err)
+		assertFiles(t, r.TargetPath, map[string]string{"rotating": "second value"}, nil)
+		before := e.emu.CountRequests(emulator.RequestFilter{Service: emulator.ServiceKeyVault})
+		_, err = e.emu.SetSecret(badVault, "rotating", "value for "+p.Name, emulator.SecretOptions{})
+		require.NoError(t, err)
+		_, err = d.node.NodePublishVolume(ctx, r)
+		require.NoError(t, err)
+		assertFiles(t, r.TargetPath, map[string]string{"rotating": "second value"}, nil)
+		assert.Equal(t, before, e.emu.CountRequests(emulator.RequestFilter{Service: emulator.ServiceKeyVault}),
+			"a republish that is not due fetches nothing")
+		assert.Zero(t, d.metric(t, "rotation_reconcile_total", nil))
+		_, err = e.emu.SetSecret(badVault, "rotating", "second value", emulator.SecretOptions{})
+		require.NoError(t, err)
+	}
+}
+
+// waitEvents waits for n events of type typ on pod and returns them.
+func waitEvents(t *testing.T, e *driverEnv, pod *corev1.Pod, typ string, n int) []corev1.Event {
+	t.Helper()
+	var items []corev1.Event
+	require.Eventually(t, func() bool {
+		list, err := e.cp.Client.CoreV1().Events(pod.Namespace).List(callCtx(t), metav1.ListOptions{
+			FieldSelector: fields.AndSelectors(
+				fields.OneTermEqualSelector("involvedObject.name", pod.Name),
+				fields.OneTermEqualSelector("type", typ),
+			).String(),
+		})
+		require.NoError(t, err)
+		items = list.Items
+		return len(items) >= n
+	}, 10*time.Second, 50*time.Millisecond, "no %s event on %s", typ, pod.Name)
+	return items
+}
