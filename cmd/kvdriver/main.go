@@ -20,7 +20,6 @@ import (
 	"syscall"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	"k8s.io/klog/v2"
 
 	"github.com/kvnode/kvnode/pkg/csi"
@@ -96,13 +95,20 @@ func run(args []string) error {
 		"least time between two fetches of one volume's objects (the upstream driver's flag and default)")
 	fs.BoolVar(&cfg.SyncSecrets, "sync-secrets", true,
 		"write the Kubernetes Secrets that SecretProviderClasses' secretObjects describe (needs create and patch on Secrets)")
-	fs.StringVar(&secretTypes, "sync-secret-types", joinTypes(secretsync.DefaultTypes()),
+	fs.StringVar(&secretTypes, "sync-secret-types", secretsync.FormatTypes(secretsync.DefaultTypes()),
 		"comma-separated Secret types kvdriver may write (the chart's syncSecret.types; its admission policy refuses any other)")
 	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", ":8095", "address serving Prometheus metrics at /metrics (the upstream driver's port); empty disables it")
 	fs.Var(&dirs, "providers-dir",
 		"directory holding the sockets (<provider>.sock) of the provider plugins that classes of other providers than azure are forwarded to; repeatable or comma-separated, searched in order")
 	fs.IntVar(&cfg.MaxProviderResponse, "max-call-recv-msg-size", provider.DefaultMaxResponseSize,
 		"largest answer in bytes accepted from a provider plugin (the upstream driver's flag)")
+	fs.StringVar(&cfg.TokenProxyURL, "token-proxy-url", os.Getenv(identity.EnvTokenProxy),
+		"https URL of the cluster's token proxy for useAzureTokenProxy (AKS identity binding; on AKS https://kubernetes.default.svc.cluster.local); empty refuses such mounts (default $"+identity.EnvTokenProxy+")")
+	fs.StringVar(&cfg.TokenProxySNIName, "token-proxy-sni-name", os.Getenv(identity.EnvSNIName),
+		"TLS server name of the token proxy; empty derives it from the API server's certificate, as on AKS (default $"+identity.EnvSNIName+")")
+	fs.StringVar(&cfg.TokenProxyCAFile, "token-proxy-ca-file", os.Getenv(identity.EnvCAFile),
+		"PEM file of the CA that verifies the token proxy, re-read when it changes; empty uses $"+identity.EnvCAData+" or the system roots (default $"+identity.EnvCAFile+")")
+	cfg.TokenProxyCAData = os.Getenv(identity.EnvCAData)
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	klog.InitFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -118,7 +124,7 @@ func run(args []string) error {
 	if cfg.NodeID == "" {
 		return errors.New("--nodeid (or $NODE_NAME) is required")
 	}
-	cfg.ProviderDirs, cfg.SyncSecretTypes = dirs.dirs, parseSecretTypes(secretTypes)
+	cfg.ProviderDirs, cfg.SyncSecretTypes = dirs.dirs, secretsync.ParseTypes(secretTypes)
 	cfg.Rotation.Disabled = !*enableRotation
 	d, err := kvdriver.New(cfg)
 	if err != nil {
@@ -127,22 +133,4 @@ func run(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	return d.Run(ctx)
-}
-
-func joinTypes(types []corev1.SecretType) string {
-	s := make([]string, len(types))
-	for i, t := range types {
-		s[i] = string(t)
-	}
-	return strings.Join(s, ",")
-}
-
-func parseSecretTypes(list string) []corev1.SecretType {
-	var types []corev1.SecretType
-	for _, t := range strings.Split(list, ",") {
-		if t = strings.TrimSpace(t); t != "" {
-			types = append(types, corev1.SecretType(t))
-		}
-	}
-	return types
 }

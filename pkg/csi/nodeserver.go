@@ -499,9 +499,16 @@ func identityRequest(cfg *spc.Config, pod podInfo, req *csipb.NodePublishVolumeR
 		}
 		r.ServiceAccountToken = tok
 	case spc.IdentityBinding:
-		return r, nil, status.Errorf(codes.InvalidArgument,
-			"%s: AKS identity binding is not supported by this kvdriver; use workload identity (clientID without %s)",
-			spc.ParamUseAzureTokenProxy, spc.ParamUseAzureTokenProxy)
+		// Upstream never falls back here: without the binding audience's
+		// token the mount fails.
+		r.Mode = identity.IdentityBinding
+		r.ClientID = cfg.ClientID
+		r.Namespace, r.ServiceAccount = pod.namespace, pod.serviceAccount
+		tok, err := serviceAccountToken(req, identity.BindingAudience)
+		if err != nil {
+			return r, nil, err
+		}
+		r.ServiceAccountToken = tok
 	case spc.VMManagedIdentity:
 		r.Mode = identity.VMManagedIdentity
 		r.ManagedIdentityID = cfg.UserAssignedIdentityID
@@ -532,38 +539,48 @@ func hasServicePrincipal(secrets map[string]string) bool {
 	return id != "" && secret != ""
 }
 
-// serviceAccountToken returns the pod's token for api://AzureADTokenExchange
-// from the volume context or, on Kubernetes 1.35+ with
+// serviceAccountToken returns the pod's token for audience
+// (api://AzureADTokenExchange or api://AKSIdentityBinding) from the volume context or, on Kubernetes 1.35+ with
 // serviceAccountTokenInSecrets, from the request's secrets.
 func serviceAccountToken(req *csipb.NodePublishVolumeRequest, audience string) (string, error) {
+	what := "workload identity"
+	if audience == identity.BindingAudience {
+		what = spc.ParamUseAzureTokenProxy
+	}
 	raw := req.GetSecrets()[attrServiceAccountToken]
 	if raw == "" {
 		raw = req.GetVolumeContext()[attrServiceAccountToken]
 	}
 	if raw == "" {
 		return "", status.Errorf(codes.InvalidArgument,
-			"workload identity: no %s: the CSIDriver object needs tokenRequests with audience %s", attrServiceAccountToken, audience)
+			"%s: no %s: the CSIDriver object needs tokenRequests with audience %s", what, attrServiceAccountToken, audience)
 	}
 	var tokens map[string]struct {
 		Token string `json:"token"`
 	}
 	if err := json.Unmarshal([]byte(raw), &tokens); err != nil {
-		return "", status.Errorf(codes.InvalidArgument, "workload identity: %s is not valid JSON", attrServiceAccountToken)
+		return "", status.Errorf(codes.InvalidArgument, "%s: %s is not valid JSON", what, attrServiceAccountToken)
 	}
 	t := tokens[audience].Token
 	if t == "" {
 		return "", status.Errorf(codes.InvalidArgument,
-			"workload identity: %s has no token for audience %s", attrServiceAccountToken, audience)
+			"%s: %s has no token for audience %s: the CSIDriver object needs tokenRequests with that audience", what, attrServiceAccountToken, audience)
 	}
 	return t, nil
 }
 
 // publishError maps a publish failure to its gRPC code, once, here.
 func publishError(err error) error {
-	var fe *identity.FieldError
+	var (
+		fe *identity.FieldError
+		pe *identity.ProxyError
+	)
 	switch {
 	case errors.As(err, &fe):
 		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.As(err, &pe):
+		// The node's token proxy configuration, not the mount's.
+		return status.Errorf(codes.FailedPrecondition, "%s: %v", spc.ParamUseAzureTokenProxy, err)
 	}
 	var kerr *keyvault.Error
 	if !errors.As(err, &kerr) {

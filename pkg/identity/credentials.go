@@ -32,6 +32,10 @@ const (
 	// VMManagedIdentity uses a managed identity assigned to the node, through
 	// the instance metadata service.
 	VMManagedIdentity Mode = "VMManagedIdentity"
+	// IdentityBinding exchanges the pod's service-account token for
+	// api://AKSIdentityBinding through the cluster's token proxy (AKS
+	// identity binding; see tokenproxy.go).
+	IdentityBinding Mode = "IdentityBinding"
 )
 
 // Request describes the credential a mount needs. Which fields matter depends
@@ -43,12 +47,13 @@ type Request struct {
 	AuthorityHost string
 	TenantID      string
 	// ClientID is the application's client ID (ServicePrincipal,
-	// WorkloadIdentity).
+	// WorkloadIdentity), or the managed identity's (IdentityBinding).
 	ClientID string
 	// ClientSecret is the service principal's secret.
 	ClientSecret string
 	// ServiceAccountToken is the pod's token for api://AzureADTokenExchange
-	// (WorkloadIdentity), and Namespace/ServiceAccount say whose it is.
+	// (WorkloadIdentity) or api://AKSIdentityBinding (IdentityBinding), and
+	// Namespace/ServiceAccount say whose it is.
 	ServiceAccountToken string
 	Namespace           string
 	ServiceAccount      string
@@ -79,6 +84,9 @@ type Options struct {
 	// NMIEndpoint is nmi's /host/token/ base URL for PodIdentity; default
 	// DefaultNMIEndpoint.
 	NMIEndpoint string
+	// TokenProxy is the cluster's token proxy for IdentityBinding; nil
+	// refuses identity-binding requests with ErrTokenProxyUnconfigured.
+	TokenProxy *TokenProxy
 }
 
 // credKey identifies a reusable credential. The client secret appears only
@@ -126,6 +134,10 @@ type Credentials struct {
 	// nmi is the one client every pod-identity credential talks to nmi
 	// with, so they share its connections.
 	nmi *http.Client
+	// proxy is the one transport every identity-binding credential talks
+	// to the token proxy with; proxyErr says why there is none.
+	proxy    *proxyTransport
+	proxyErr error
 
 	mu      sync.Mutex
 	entries map[credKey]*cached
@@ -139,7 +151,13 @@ func NewCredentials(opts Options) *Credentials {
 	if opts.NMIEndpoint == "" {
 		opts.NMIEndpoint = DefaultNMIEndpoint
 	}
-	return &Credentials{opts: opts, nmi: &http.Client{Timeout: 30 * time.Second}, entries: map[credKey]*cached{}}
+	c := &Credentials{opts: opts, nmi: &http.Client{Timeout: 30 * time.Second}, entries: map[credKey]*cached{}}
+	if opts.TokenProxy == nil {
+		c.proxyErr = ErrTokenProxyUnconfigured
+	} else {
+		c.proxy, c.proxyErr = newProxyTransport(*opts.TokenProxy)
+	}
+	return c
 }
 
 // Credential returns the credential for req and a stable identifier of it
@@ -152,6 +170,11 @@ func (c *Credentials) Credential(req Request) (azcore.TokenCredential, string, e
 	key, err := keyFor(req)
 	if err != nil {
 		return nil, "", err
+	}
+	if req.Mode == IdentityBinding {
+		if err := c.proxyReady(); err != nil {
+			return nil, "", err
+		}
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -172,6 +195,21 @@ func (c *Credentials) Credential(req Request) (azcore.TokenCredential, string, e
 	}
 	c.entries[key] = e
 	return e.cred, e.id, nil
+}
+
+// proxyReady checks that identity-binding credentials can reach a token
+// proxy: it is configured, its server name is known and its CA loads. A
+// failure is the node's configuration, reported before any exchange is tried
+// (an error inside the exchange would reach the caller as an authentication
+// failure).
+func (c *Credentials) proxyReady() error {
+	if c.proxyErr != nil {
+		return c.proxyErr
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	_, err := c.proxy.transport(ctx)
+	return err
 }
 
 func keyFor(req Request) (credKey, error) {
@@ -204,6 +242,21 @@ func keyFor(req Request) (credKey, error) {
 			return k, &FieldError{Field: "csi.storage.k8s.io/serviceAccount.name", Problem: "the pod's service account is required for workload identity"}
 		}
 		k.clientID, k.namespace, k.serviceAcct = req.ClientID, req.Namespace, req.ServiceAccount
+	case IdentityBinding:
+		if req.TenantID == "" {
+			return k, &FieldError{Field: "tenantId", Problem: "required for identity binding"}
+		}
+		if req.ClientID == "" {
+			return k, &FieldError{Field: "clientID", Problem: "required for identity binding: the managed identity's client ID"}
+		}
+		if req.ServiceAccountToken == "" {
+			return k, &FieldError{Field: "csi.storage.k8s.io/serviceAccount.tokens",
+				Problem: "no token for audience " + BindingAudience + ": the CSIDriver object needs tokenRequests with that audience"}
+		}
+		if req.Namespace == "" || req.ServiceAccount == "" {
+			return k, &FieldError{Field: "csi.storage.k8s.io/serviceAccount.name", Problem: "the pod's service account is required for identity binding"}
+		}
+		k.clientID, k.namespace, k.serviceAcct = req.ClientID, req.Namespace, req.ServiceAccount
 	case VMManagedIdentity:
 		k.managedIdent = req.ManagedIdentityID
 	case PodIdentity:
@@ -232,14 +285,21 @@ func (c *Credentials) build(key credKey, req Request) (*cached, error) {
 	case ServicePrincipal:
 		e.cred, err = azidentity.NewClientSecretCredential(req.TenantID, req.ClientID, req.ClientSecret,
 			&azidentity.ClientSecretCredentialOptions{ClientOptions: opts})
-	case WorkloadIdentity:
+	case WorkloadIdentity, IdentityBinding:
 		e.assertion = &atomic.Pointer[string]{}
 		tok := req.ServiceAccountToken
 		e.assertion.Store(&tok)
 		holder := e.assertion
+		caOpts := &azidentity.ClientAssertionCredentialOptions{ClientOptions: opts}
+		if req.Mode == IdentityBinding {
+			// As the Azure SDK's EnableAzureProxy and the upstream
+			// provider: every request to the proxy, no instance
+			// discovery.
+			caOpts.ClientOptions.Transport = c.proxy
+			caOpts.DisableInstanceDiscovery = true
+		}
 		e.cred, err = azidentity.NewClientAssertionCredential(req.TenantID, req.ClientID,
-			func(context.Context) (string, error) { return *holder.Load(), nil },
-			&azidentity.ClientAssertionCredentialOptions{ClientOptions: opts})
+			func(context.Context) (string, error) { return *holder.Load(), nil }, caOpts)
 	case VMManagedIdentity:
 		mi := &azidentity.ManagedIdentityCredentialOptions{ClientOptions: opts}
 		if id := req.ManagedIdentityID; id != "" {

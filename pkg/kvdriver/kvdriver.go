@@ -58,6 +58,14 @@ type Config struct {
 	StrictParameters bool
 	// Rotation says when a republish fetches a written volume again.
 	Rotation csi.RotationOptions
+	// TokenProxyURL, TokenProxySNIName and TokenProxyCAFile configure the
+	// token proxy of useAzureTokenProxy mounts (AKS identity binding); an
+	// empty URL refuses them. TokenProxyCAData is PEM from
+	// $AZURE_KUBERNETES_CA_DATA.
+	TokenProxyURL     string
+	TokenProxySNIName string
+	TokenProxyCAFile  string
+	TokenProxyCAData  string
 	// SyncSecrets writes the Secrets of classes' secretObjects, of
 	// SyncSecretTypes.
 	SyncSecrets     bool
@@ -116,7 +124,7 @@ func New(cfg Config) (*Daemon, error) {
 
 	d.classes = csi.NewClassInformer(dyn, cfg.Resync)
 	d.statuses = csi.NewStatusRecorder(csi.NewPodStatusWriter(dyn), 100*time.Millisecond)
-	node := csi.NewNodeServer(cfg.NodeID, d.classes, NewPublisher(cfg.TmpfsSize, cfg.CacheTTL, cfg.NMIEndpoint), d.statuses,
+	node := csi.NewNodeServer(cfg.NodeID, d.classes, NewPublisher(cfg.TmpfsSize, cfg.CacheTTL, cfg.NMIEndpoint, tokenProxy(cfg, restCfg)), d.statuses,
 		csi.NodeServerOptions{StrictParameters: cfg.StrictParameters, Events: d.events, Secrets: secrets, Metrics: metrics,
 			Providers: d.providers, Rotation: cfg.Rotation})
 	ids := csi.NewIdentityServer(cfg.DriverName, version.Version, d.classes.HasSynced)
@@ -160,11 +168,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 // NewPublisher builds the publisher both front doors mount with: Key Vault
 // fetch and conversion (objects shared for cacheTTL; 0 disables),
-// credentials, and tmpfs mounts by system call.
-func NewPublisher(tmpfsSize string, cacheTTL time.Duration, nmiEndpoint string) *volume.Publisher {
+// credentials, and tmpfs mounts by system call. proxy, when not nil, is
+// the token proxy of identity-binding mounts.
+func NewPublisher(tmpfsSize string, cacheTTL time.Duration, nmiEndpoint string, proxy *identity.TokenProxy) *volume.Publisher {
 	return volume.NewPublisher(volume.NewMounter(),
 		keyvault.NewFetcher(keyvault.Options{CacheTTL: cacheTTL}),
-		identity.NewCredentials(identity.Options{NMIEndpoint: nmiEndpoint}),
+		identity.NewCredentials(identity.Options{NMIEndpoint: nmiEndpoint, TokenProxy: proxy}),
 		volume.Options{TmpfsSize: tmpfsSize})
 }
 
