@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -73,6 +74,7 @@ type Emulator struct {
 	entra *entraService
 	kv    *keyVaultService
 	imds  *imdsService
+	proxy *tokenProxyService
 
 	mu      sync.Mutex
 	tunnels map[net.Conn]struct{}
@@ -122,6 +124,7 @@ func Start(opts Options) (*Emulator, error) {
 		imds:    newIMDSService(c),
 		tunnels: map[net.Conn]struct{}{},
 	}
+	e.proxy = &tokenProxyService{core: c, entra: e.entra}
 	e.srv = &http.Server{Handler: http.HandlerFunc(e.serveProxy), ReadHeaderTimeout: 10 * time.Second}
 	e.wg.Add(1)
 	go func() {
@@ -261,10 +264,13 @@ func (e *Emulator) serveConnect(w http.ResponseWriter, r *http.Request) {
 		conn.Close()
 		return
 	}
+	var sni atomic.Value // the client's server name, once the handshake has run
+	sni.Store("")
 	tlsConn := tls.Server(conn, &tls.Config{
 		MinVersion: tls.VersionTLS12,
 		NextProtos: []string{"http/1.1"},
 		GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+			sni.Store(hello.ServerName)
 			name := hello.ServerName
 			if name == "" {
 				name = host
@@ -280,7 +286,13 @@ func (e *Emulator) serveConnect(w http.ResponseWriter, r *http.Request) {
 	go func() {
 		defer e.wg.Done()
 		defer e.untrack(tlsConn)
-		srv := &http.Server{Handler: http.HandlerFunc(e.serveTLS), ReadHeaderTimeout: 10 * time.Second}
+		handler := http.HandlerFunc(e.serveTLS)
+		if e.proxy.handles(host) {
+			// The token proxy answers every request of its tunnel,
+			// whatever Host header the request names.
+			handler = func(w http.ResponseWriter, r *http.Request) { e.proxy.serve(w, r, sni.Load().(string)) }
+		}
+		srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
 		_ = srv.Serve(newOneConnListener(tlsConn))
 	}()
 }

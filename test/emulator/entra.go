@@ -309,15 +309,7 @@ func (s *entraService) token(w http.ResponseWriter, r *http.Request, c Cloud, te
 		return writeEntraError(w, r, c, http.StatusInternalServerError, "server_error", 90033,
 			"AADSTS90033: A transient error has occurred. Please try again.")
 	}
-	life := int(time.Until(claims.ExpiresAt.Time).Seconds())
-	w.Header().Set("Cache-Control", "no-store, no-cache")
-	w.Header().Set("Pragma", "no-cache")
-	writeJSON(w, http.StatusOK, map[string]any{
-		"token_type":     "Bearer",
-		"expires_in":     life,
-		"ext_expires_in": life,
-		"access_token":   token,
-	})
+	writeTokenResponse(w, token, claims)
 	return http.StatusOK
 }
 
@@ -384,36 +376,8 @@ func (s *entraService) checkAssertion(p Principal, assertion string) *entraError
 	if len(candidates) == 0 {
 		return invalidClient(700211, "AADSTS700211: No matching federated identity record found for presented assertion issuer '%s'. Please check your federated identity credential Subject, Audience and Issuer against the presented assertion. https://learn.microsoft.com/entra/workload-id/workload-identity-federation", iss)
 	}
-	s.mu.RLock()
-	keys := s.issuers[iss]
-	s.mu.RUnlock()
-	if keys == nil {
-		return invalidClient(50166, "AADSTS50166: Request to External OIDC endpoint failed. (The kvnode emulator has no keys for issuer '%s': call TrustIssuer.)", iss)
-	}
-	_, err := jwt.NewParser(
-		jwt.WithValidMethods([]string{"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"}),
-		jwt.WithoutClaimsValidation(),
-	).Parse(assertion, keys.keyFunc)
-	switch {
-	case errors.Is(err, errKeyNotFound):
-		return invalidClient(7000272, "AADSTS7000272: The certificate with identifier used to sign the federated credential could not be found in the metadata of identity provider %s. Please validate that your Identity Provider's metadata exposes the key used to sign the incoming token.", iss)
-	case err != nil:
-		return invalidClient(50013, "AADSTS50013: Assertion failed signature validation. [Reason - The provided signature value did not match the expected signature value.]")
-	}
-
-	now := time.Now()
-	var from, until time.Time
-	if unverified.NotBefore != nil {
-		from = unverified.NotBefore.Time
-	} else if unverified.IssuedAt != nil {
-		from = unverified.IssuedAt.Time
-	}
-	if unverified.ExpiresAt != nil {
-		until = unverified.ExpiresAt.Time
-	}
-	if until.IsZero() || now.After(until.Add(assertionLeeway)) || (!from.IsZero() && now.Add(assertionLeeway).Before(from)) {
-		return invalidClient(700024, "AADSTS700024: Client assertion is not within its valid time range. Current time: %s, assertion valid from %s, expiry time of assertion %s. Review the documentation at https://learn.microsoft.com/entra/identity-platform/certificate-credentials .",
-			now.UTC().Format(entraTimeLayout), from.UTC().Format(entraTimeLayout), until.UTC().Format(entraTimeLayout))
+	if e := s.verifyExternal(unverified, assertion); e != nil {
+		return e
 	}
 
 	subjectMatched := false
@@ -434,6 +398,57 @@ func (s *entraService) checkAssertion(p Principal, assertion string) *entraError
 		return invalidClient(700213, "AADSTS700213: No matching federated identity record found for presented assertion subject '%s'. Please check your federated identity credential Subject, Audience and Issuer against the presented assertion. https://learn.microsoft.com/entra/workload-id/workload-identity-federation", sub)
 	}
 	return invalidClient(700212, "AADSTS700212: No matching federated identity record found for presented assertion audience '%s'. Please check your federated identity credential Subject, Audience and Issuer against the presented assertion. https://learn.microsoft.com/entra/workload-id/workload-identity-federation", strings.Join(unverified.Audience, ","))
+}
+
+// verifyExternal checks a token of an external issuer as Entra ID does: its
+// signature against the issuer's trusted keys, and its lifetime.
+func (s *entraService) verifyExternal(unverified jwt.RegisteredClaims, assertion string) *entraError {
+	s.mu.RLock()
+	keys := s.issuers[unverified.Issuer]
+	s.mu.RUnlock()
+	if keys == nil {
+		return invalidClient(50166, "AADSTS50166: Request to External OIDC endpoint failed. (The kvnode emulator has no keys for issuer '%s': call TrustIssuer.)", unverified.Issuer)
+	}
+	_, err := jwt.NewParser(
+		jwt.WithValidMethods([]string{"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"}),
+		jwt.WithoutClaimsValidation(),
+	).Parse(assertion, keys.keyFunc)
+	switch {
+	case errors.Is(err, errKeyNotFound):
+		return invalidClient(7000272, "AADSTS7000272: The certificate with identifier used to sign the federated credential could not be found in the metadata of identity provider %s. Please validate that your Identity Provider's metadata exposes the key used to sign the incoming token.", unverified.Issuer)
+	case err != nil:
+		return invalidClient(50013, "AADSTS50013: Assertion failed signature validation. [Reason - The provided signature value did not match the expected signature value.]")
+	}
+
+	now := time.Now()
+	var from, until time.Time
+	if unverified.NotBefore != nil {
+		from = unverified.NotBefore.Time
+	} else if unverified.IssuedAt != nil {
+		from = unverified.IssuedAt.Time
+	}
+	if unverified.ExpiresAt != nil {
+		until = unverified.ExpiresAt.Time
+	}
+	if until.IsZero() || now.After(until.Add(assertionLeeway)) || (!from.IsZero() && now.Add(assertionLeeway).Before(from)) {
+		return invalidClient(700024, "AADSTS700024: Client assertion is not within its valid time range. Current time: %s, assertion valid from %s, expiry time of assertion %s. Review the documentation at https://learn.microsoft.com/entra/identity-platform/certificate-credentials .",
+			now.UTC().Format(entraTimeLayout), from.UTC().Format(entraTimeLayout), until.UTC().Format(entraTimeLayout))
+	}
+
+	return nil
+}
+
+// writeTokenResponse answers a token request with an access token.
+func writeTokenResponse(w http.ResponseWriter, token string, claims AccessClaims) {
+	life := int(time.Until(claims.ExpiresAt.Time).Seconds())
+	w.Header().Set("Cache-Control", "no-store, no-cache")
+	w.Header().Set("Pragma", "no-cache")
+	writeJSON(w, http.StatusOK, map[string]any{
+		"token_type":     "Bearer",
+		"expires_in":     life,
+		"ext_expires_in": life,
+		"access_token":   token,
+	})
 }
 
 // tenantExists reports whether any principal is registered in tenant.
