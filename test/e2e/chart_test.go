@@ -186,6 +186,8 @@ func TestChartLintsRendersAndValidates(t *testing.T) {
 		nmiHost  string
 		nmiImage string
 		nmiRules []any
+		// proxyEnv is kvdriver's token proxy environment; nil: the defaults.
+		proxyEnv map[string]string
 	}{
 		{
 			name: "defaults",
@@ -209,7 +211,8 @@ func TestChartLintsRendersAndValidates(t *testing.T) {
 			values: []string{"nmi.listenAddress=169.254.20.11", "nmi.listenPort=2580", "nmi.hostPort=2600",
 				"nmi.defaultTenantID=5b1f0c8e-7a2d-4c3b-9e1f-2a3b4c5d6e7f", "nmi.nodeIdentities={id-1,id-2}",
 				"nmi.skipAzureIdentities=true", "nmi.reconcileInterval=10s", "nmi.antiSpoofing=false", "nmi.requirePodRoute=false",
-				"nmi.podInterfacePrefix=cali", "nmi.podCIDR=10.244.0.0/16", "nmi.logVerbosity=4", "nmi.image.tag=v9.9.9"},
+				"nmi.podInterfacePrefix=cali", "nmi.podCIDR=10.244.0.0/16", "nmi.logVerbosity=4", "nmi.image.tag=v9.9.9",
+				"kvdriver.tokenProxy.url=https://proxy.cluster.test/tokens", "kvdriver.tokenProxy.sniName=aproxy.ests.aks", "kvdriver.tokenProxy.caFile=/etc/proxy/ca.crt"},
 			nmiArgs: []string{"--node-name=$(NODE_NAME)", "--listen-addr=169.254.20.11:2580", "--host-addr=127.0.0.1:2600",
 				"--default-tenant-id=5b1f0c8e-7a2d-4c3b-9e1f-2a3b4c5d6e7f", "--node-identities=id-1,id-2",
 				"--skip-azure-identities", "--reconcile-interval=10s", "--anti-spoofing=false", "--require-pod-route=false", "--remove-rules-on-exit=false",
@@ -217,10 +220,13 @@ func TestChartLintsRendersAndValidates(t *testing.T) {
 			nmiHost:  "127.0.0.1:2600",
 			nmiImage: "ghcr.io/kvnode/nmi:v9.9.9",
 			nmiRules: nmiRules[:2],
+			proxyEnv: map[string]string{"AZURE_KUBERNETES_TOKEN_PROXY": "https://proxy.cluster.test/tokens",
+				"AZURE_KUBERNETES_SNI_NAME": "aproxy.ests.aks", "AZURE_KUBERNETES_CA_FILE": "/etc/proxy/ca.crt"},
 		},
 		{
-			name:   "nmi disabled",
-			values: []string{"nmi.enabled=false"},
+			name:     "nmi disabled",
+			values:   []string{"nmi.enabled=false", "kvdriver.tokenProxy.url="},
+			proxyEnv: map[string]string{},
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -237,10 +243,24 @@ func TestChartLintsRendersAndValidates(t *testing.T) {
 			assert.Equal(t, true, spec["podInfoOnMount"])
 			assert.Equal(t, true, spec["requiresRepublish"])
 			assert.Equal(t, []any{"Ephemeral"}, spec["volumeLifecycleModes"])
-			assert.Equal(t, []any{map[string]any{"audience": "api://AzureADTokenExchange"}}, spec["tokenRequests"])
+			assert.Equal(t, []any{map[string]any{"audience": "api://AzureADTokenExchange"}, map[string]any{"audience": "api://AKSIdentityBinding"}},
+				spec["tokenRequests"], "workload identity and AKS identity binding")
 
 			ds := byKind["DaemonSet/kvnode-kvdriver"]
 			kvSpec, kvdriver := podSpec(t, ds)
+			wantProxy := tc.proxyEnv
+			if wantProxy == nil {
+				wantProxy = map[string]string{"AZURE_KUBERNETES_TOKEN_PROXY": "https://kubernetes.default.svc.cluster.local",
+					"AZURE_KUBERNETES_CA_FILE": "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"}
+			}
+			gotProxy := map[string]string{}
+			for _, e := range kvdriver["env"].([]any) {
+				name, _ := e.(map[string]any)["name"].(string)
+				if strings.HasPrefix(name, "AZURE_KUBERNETES_") {
+					gotProxy[name], _ = e.(map[string]any)["value"].(string)
+				}
+			}
+			assert.Equal(t, wantProxy, gotProxy, "kvdriver's token proxy environment")
 			args := kvdriver["args"]
 			assert.Contains(t, args, "--endpoint=unix:///csi/csi.sock")
 			inits, found, _ := unstructured.NestedSlice(ds.Object, "spec", "template", "spec", "initContainers")

@@ -199,8 +199,14 @@ func badInputCases() []badInput {
 			code: codes.InvalidArgument, message: []string{`objects[1].objectAlias: "same/inner" needs "same" to be a directory, but objects[0] writes a file there`}},
 		{name: "filePermission with setuid", params: objects("objectName: db-password\nobjectType: secret\nfilePermission: \"4755\""),
 			code: codes.InvalidArgument, message: []string{`objects[0].filePermission: "4755" must be at most 0777: setuid, setgid and sticky bits are refused`}},
-		{name: "identity binding", params: badParams("useAzureTokenProxy", "true", "clientID", wiClientID),
-			code: codes.InvalidArgument, message: []string{"useAzureTokenProxy: AKS identity binding is not supported"}},
+		{name: "identity binding without its audience's token", params: badParams("useAzureTokenProxy", "true", "clientID", wiClientID),
+			code: codes.InvalidArgument, message: []string{"useAzureTokenProxy: " + tokensAttr + " has no token for audience api://AKSIdentityBinding"}},
+		{name: "identity binding on a node without a token proxy", params: badParams("useAzureTokenProxy", "true", "clientID", wiClientID),
+			edit: func(r *csipb.NodePublishVolumeRequest) {
+				r.Secrets = nil
+				r.VolumeContext[tokensAttr] = `{"api://AKSIdentityBinding":{"token":"` + plantedToken + `","expirationTimestamp":"2030-01-01T00:00:00Z"}}`
+			},
+			code: codes.FailedPrecondition, message: []string{"useAzureTokenProxy: token proxy: not configured", "--token-proxy-url or $AZURE_KUBERNETES_TOKEN_PROXY"}},
 		{name: "objectVersionHistory not a number", params: objects("objectName: db-password\nobjectType: secret\nobjectVersionHistory: three"),
 			code: codes.InvalidArgument, message: []string{`objects[0].objectVersionHistory: "three" is not an integer`}},
 		{name: "filePermission not octal", params: objects("objectName: db-password\nobjectType: secret\nfilePermission: \"0986\""),
