@@ -1,7 +1,10 @@
 // Package emulator is an offline stand-in for the parts of Azure that kvnode
 // talks to: Entra ID (login.microsoftonline.com and the sovereign authorities),
 // Key Vault (<vault>.vault.azure.net and the sovereign suffixes) and the
-// instance metadata service (169.254.169.254).
+// instance metadata service (169.254.169.254), and, once EnableTokenProxy is
+// called, AKS identity binding's token proxy (a CONNECT to
+// kubernetes.default.svc.cluster.local with the cluster's proxy SNI name;
+// see tokenproxy.go).
 //
 // It is reached the way a client reaches Azure through a corporate proxy: the
 // emulator is an HTTP forward proxy. HTTPS requests arrive as CONNECT tunnels,
