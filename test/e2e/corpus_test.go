@@ -33,8 +33,10 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/kvnode/kvnode/pkg/bindings"
+	"github.com/kvnode/kvnode/pkg/identity"
 	"github.com/kvnode/kvnode/pkg/spc"
 	"github.com/kvnode/kvnode/test/emulator"
+	"github.com/kvnode/kvnode/test/kubelet"
 )
 
 // The corpus: SecretProviderClasses as the upstream secrets-store CSI
@@ -99,7 +101,11 @@ func TestKVDriverCorpus(t *testing.T) {
 
 	nmi := startNMI(t, cp, emu)
 	nmi.waitReady(t)
-	e := startKVDriver(t, cp, emu, "--nmi-endpoint", "http://"+nmi.host, "--object-cache-ttl", "0", "--sync-secrets")
+	// The AKS token proxy, as the chart configures kvdriver for it.
+	sni := identity.SNIName("kvnode-corpus-cluster")
+	require.NoError(t, emu.EnableTokenProxy(emulator.TokenProxyOptions{Host: "kubernetes.default.svc.cluster.local", SNIName: sni}))
+	e := startKVDriver(t, cp, emu, "--nmi-endpoint", "http://"+nmi.host, "--object-cache-ttl", "0", "--sync-secrets",
+		"--token-proxy-url", "https://kubernetes.default.svc.cluster.local", "--token-proxy-sni-name", sni, "--token-proxy-ca-file", emu.CAFile())
 
 	entries := loadCorpus(t, fx)
 	require.GreaterOrEqual(t, len(entries), 40)
@@ -116,8 +122,11 @@ func TestKVDriverCorpus(t *testing.T) {
 				ns = m["namespace"].(string)
 			}
 			require.NoError(t, cp.EnsureNamespace(ctx, ns))
-			require.NoError(t, emu.AddFederatedCredential(corpusWIClient, emulator.FederatedCredential{
-				Issuer: cp.Issuer, Subject: "system:serviceaccount:" + ns + ":" + corpusSA}))
+			subject := "system:serviceaccount:" + ns + ":" + corpusSA
+			require.NoError(t, emu.AddFederatedCredential(corpusWIClient, emulator.FederatedCredential{Issuer: cp.Issuer, Subject: subject}))
+			for _, id := range []string{corpusWIClient, corpusMIClient} {
+				require.NoError(t, emu.AddIdentityBinding(emulator.IdentityBinding{ClientID: id, Issuer: cp.Issuer, Subject: subject}))
+			}
 			obj := &unstructured.Unstructured{Object: en.class}
 			obj.SetNamespace(ns)
 			_, err := e.dyn.Resource(spc.SecretProviderClassesResource).Namespace(ns).Create(ctx, obj, metav1.CreateOptions{})
@@ -129,7 +138,10 @@ func TestKVDriverCorpus(t *testing.T) {
 			if params["usePodIdentity"] == "true" {
 				bindCorpusPod(ctx, t, e, pod, fmt.Sprintf("10.244.9.%d", i+1))
 			}
-			req := e.publishRequest(pod, "secrets-store-inline", obj.GetName(), nil, corpusToken(ctx, t, e, pod))
+			req := e.publishRequest(pod, "secrets-store-inline", obj.GetName(), nil, "")
+			kubelet.SetTokens(req, kubelet.Tokens{ // both audiences the chart's CSIDriver asks for
+				emulator.DefaultFederatedAudience: corpusToken(ctx, t, e, pod, emulator.DefaultFederatedAudience),
+				identity.BindingAudience:          corpusToken(ctx, t, e, pod, identity.BindingAudience)})
 			if servicePrincipalMode(params) {
 				req.Secrets = spCredentials(spClientID, spSecret) // nodePublishSecretRef: secrets-store-creds
 			}
@@ -292,10 +304,10 @@ func servicePrincipalMode(p map[string]string) bool {
 	return p["clientID"] == "" && p["useVMManagedIdentity"] != "true" && p["usePodIdentity"] != "true" && p["useAzureTokenProxy"] != "true"
 }
 
-// corpusToken is the workload-identity token kubelet passes for pod.
-func corpusToken(ctx context.Context, t *testing.T, e *driverEnv, pod *corev1.Pod) string {
+// corpusToken is the token for audience kubelet passes for pod.
+func corpusToken(ctx context.Context, t *testing.T, e *driverEnv, pod *corev1.Pod, audience string) string {
 	t.Helper()
-	st, err := e.cp.ServiceAccountToken(ctx, pod.Namespace, pod.Spec.ServiceAccountName, []string{emulator.DefaultFederatedAudience}, time.Hour, pod)
+	st, err := e.cp.ServiceAccountToken(ctx, pod.Namespace, pod.Spec.ServiceAccountName, []string{audience}, time.Hour, pod)
 	require.NoError(t, err)
 	return st.Token
 }

@@ -1,18 +1,17 @@
 package e2e
 
 import (
-	"encoding/json"
 	"strings"
 	"testing"
 	"time"
 
-	csipb "github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/kvnode/kvnode/pkg/identity"
 	"github.com/kvnode/kvnode/test/emulator"
+	"github.com/kvnode/kvnode/test/kubelet"
 	"github.com/kvnode/kvnode/test/testenv"
 )
 
@@ -25,17 +24,6 @@ const (
 	// API server's service name.
 	ibProxyURL = "https://kubernetes.default.svc.cluster.local"
 )
-
-// withTokens sets the volume context's service-account tokens as kubelet
-// passes them, one per audience of the CSIDriver's tokenRequests.
-func withTokens(req *csipb.NodePublishVolumeRequest, byAudience map[string]string) {
-	tokens := map[string]any{}
-	for aud, tok := range byAudience {
-		tokens[aud] = map[string]string{"token": tok, "expirationTimestamp": time.Now().Add(time.Hour).UTC().Format(time.RFC3339)}
-	}
-	b, _ := json.Marshal(tokens)
-	req.VolumeContext["csi.storage.k8s.io/serviceAccount.tokens"] = string(b)
-}
 
 // TestKVDriverIdentityBinding mounts a useAzureTokenProxy class through the
 // real kvdriver, configured as a user configures it on AKS (token proxy URL,
@@ -75,7 +63,7 @@ func TestKVDriverIdentityBinding(t *testing.T) {
 
 	// kubelet passes both audiences' tokens; the binding one is used.
 	req := e.publishRequest(web, "secrets", "ib", nil, "")
-	withTokens(req, map[string]string{emulator.DefaultFederatedAudience: token("web-0", "web", emulator.DefaultFederatedAudience),
+	kubelet.SetTokens(req, kubelet.Tokens{emulator.DefaultFederatedAudience: token("web-0", "web", emulator.DefaultFederatedAudience),
 		identity.BindingAudience: webBinding})
 	mkTargetParent(t, req.TargetPath)
 	for range 2 { // idempotent
@@ -98,7 +86,7 @@ func TestKVDriverIdentityBinding(t *testing.T) {
 
 	// A service account the identity is not bound to is refused by the proxy.
 	bad := e.publishRequest(intruder, "secrets", "ib", nil, "")
-	withTokens(bad, map[string]string{identity.BindingAudience: token("intruder-0", "intruder", identity.BindingAudience)})
+	kubelet.SetTokens(bad, kubelet.Tokens{identity.BindingAudience: token("intruder-0", "intruder", identity.BindingAudience)})
 	mkTargetParent(t, bad.TargetPath)
 	_, err = e.node.NodePublishVolume(ctx, bad)
 	requireCode(t, err, "PermissionDenied", "AADSTS700213")
@@ -119,7 +107,7 @@ func TestKVDriverIdentityBinding(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			other := startKVDriver(t, cp, emu, tc.args...)
 			req := other.publishRequest(web, "secrets", "ib", nil, "")
-			withTokens(req, map[string]string{identity.BindingAudience: webBinding})
+			kubelet.SetTokens(req, kubelet.Tokens{identity.BindingAudience: webBinding})
 			mkTargetParent(t, req.TargetPath)
 			_, err := other.node.NodePublishVolume(callCtx(t), req)
 			requireCode(t, err, "FailedPrecondition", tc.message)

@@ -35,16 +35,7 @@ func PublishRequest(root string, pod *corev1.Pod, volume, class string, secrets 
 		"csi.storage.k8s.io/serviceAccount.name": pod.Spec.ServiceAccountName,
 		"csi.storage.k8s.io/ephemeral":           "true",
 	}
-	if len(tokens) > 0 {
-		expiry := time.Now().Add(time.Hour).UTC().Format(time.RFC3339)
-		all := map[string]map[string]string{}
-		for aud, tok := range tokens {
-			all[aud] = map[string]string{"token": tok, "expirationTimestamp": expiry}
-		}
-		b, _ := json.Marshal(all)
-		vc["csi.storage.k8s.io/serviceAccount.tokens"] = string(b)
-	}
-	return &csipb.NodePublishVolumeRequest{
+	req := &csipb.NodePublishVolumeRequest{
 		VolumeId:   "csi-" + string(pod.UID) + "-" + volume,
 		TargetPath: TargetPath(root, pod, volume),
 		VolumeCapability: &csipb.VolumeCapability{
@@ -55,4 +46,20 @@ func PublishRequest(root string, pod *corev1.Pod, volume, class string, secrets 
 		Secrets:       secrets,
 		VolumeContext: vc,
 	}
+	if len(tokens) > 0 {
+		SetTokens(req, tokens)
+	}
+	return req
+}
+
+// SetTokens puts tokens into req's volume context as kubelet does, each
+// valid for an hour, replacing any there.
+func SetTokens(req *csipb.NodePublishVolumeRequest, tokens Tokens) {
+	expiry := time.Now().Add(time.Hour).UTC().Format(time.RFC3339)
+	all := map[string]map[string]string{}
+	for aud, tok := range tokens {
+		all[aud] = map[string]string{"token": tok, "expirationTimestamp": expiry}
+	}
+	b, _ := json.Marshal(all)
+	req.VolumeContext["csi.storage.k8s.io/serviceAccount.tokens"] = string(b)
 }
