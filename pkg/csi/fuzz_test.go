@@ -7,6 +7,7 @@ import (
 
 	csipb "github.com/container-storage-interface/spec/lib/go/csi"
 
+	"github.com/kvnode/kvnode/pkg/identity"
 	"github.com/kvnode/kvnode/pkg/spc"
 )
 
@@ -44,7 +45,7 @@ func FuzzVolumeContext(f *testing.F) {
 			}
 			if r.ServiceAccountToken != "" {
 				var parsed map[string]struct{ Token string }
-				if json.Unmarshal([]byte(tokens), &parsed) != nil || parsed[workloadIdentityAudience].Token != r.ServiceAccountToken {
+				if json.Unmarshal([]byte(tokens), &parsed) != nil || parsed[identity.WorkloadAudience].Token != r.ServiceAccountToken {
 					t.Fatalf("token %q not read from %q", r.ServiceAccountToken, tokens)
 				}
 			}

@@ -42,10 +42,6 @@ const (
 	// Keys of the nodePublishSecretRef Secret for a service principal.
 	secretClientID     = "clientid"
 	secretClientSecret = "clientsecret"
-
-	// workloadIdentityAudience is the audience of the service-account token
-	// Entra ID accepts for a federated credential.
-	workloadIdentityAudience = "api://AzureADTokenExchange"
 )
 
 // ClassGetter finds a SecretProviderClass (an informer's lister).
@@ -463,14 +459,14 @@ func identityRequest(cfg *spc.Config, pod podInfo, req *csipb.NodePublishVolumeR
 	var warnings []*spc.FieldError
 	mode := cfg.AuthMode()
 	if mode == spc.WorkloadIdentity {
-		if _, err := serviceAccountToken(req, workloadIdentityAudience); err != nil && hasServicePrincipal(req.GetSecrets()) {
+		if _, err := serviceAccountToken(req, identity.WorkloadAudience); err != nil && hasServicePrincipal(req.GetSecrets()) {
 			// Upstream uses workload identity only when kubelet passed a
 			// token, and the nodePublishSecretRef's service principal
 			// otherwise.
 			mode = spc.ServicePrincipal
 			warnings = append(warnings, &spc.FieldError{Field: spc.ParamClientID, Detail: fmt.Sprintf(
 				"is ignored: kubelet passed no service-account token for %s (the CSIDriver object needs tokenRequests), so the nodePublishSecretRef's service principal is used, as the upstream provider uses it",
-				workloadIdentityAudience)})
+				identity.WorkloadAudience)})
 		}
 	}
 	switch mode {
@@ -493,7 +489,7 @@ func identityRequest(cfg *spc.Config, pod podInfo, req *csipb.NodePublishVolumeR
 		r.Mode = identity.WorkloadIdentity
 		r.ClientID = cfg.ClientID
 		r.Namespace, r.ServiceAccount = pod.namespace, pod.serviceAccount
-		tok, err := serviceAccountToken(req, workloadIdentityAudience)
+		tok, err := serviceAccountToken(req, identity.WorkloadAudience)
 		if err != nil {
 			return r, nil, err
 		}
