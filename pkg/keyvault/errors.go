@@ -194,3 +194,9 @@ func classifyStatus(status int) Kind {
 	}
 	return KindUnavailable
 }
+
+// IsNotFound reports whether err is an Error of KindNotFound.
+func IsNotFound(err error) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Kind == KindNotFound
+}

@@ -229,6 +229,9 @@ type ObjectWarning struct {
 	Object int
 	// Field is one of the Field constants.
 	Field, Detail string
+	// Missing marks an optional object the vault does not have: news, not
+	// a mistake in the class, so never refused as one.
+	Missing bool
 }
 
 // job is one GET: an object, or one version of an object's history.
@@ -269,6 +272,7 @@ func (f *Fetcher) Fetch(ctx context.Context, req Request) (*Result, error) {
 
 	// Phase 1: list the versions of each version history.
 	histories := make([][]string, len(req.Objects))
+	missing := make([]bool, len(req.Objects)) // optional objects the vault lacks
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(f.parallel)
 	for i := range req.Objects {
@@ -278,6 +282,10 @@ func (f *Fetcher) Fetch(ctx context.Context, req Request) (*Result, error) {
 		}
 		g.Go(func() error {
 			vs, err := f.listVersions(gctx, s, o)
+			if o.Optional && IsNotFound(err) {
+				missing[i] = true
+				return nil
+			}
 			histories[i] = vs
 			return err
 		})
@@ -291,6 +299,9 @@ func (f *Fetcher) Fetch(ctx context.Context, req Request) (*Result, error) {
 	for i := range req.Objects {
 		o := &req.Objects[i]
 		id := string(o.Type) + "/" + o.Name
+		if missing[i] {
+			continue
+		}
 		if o.VersionHistory <= 1 {
 			jobs = append(jobs, job{index: i, obj: o, version: o.Version, path: o.FileName(), id: id})
 			continue
@@ -301,12 +312,17 @@ func (f *Fetcher) Fetch(ctx context.Context, req Request) (*Result, error) {
 	}
 	res := &Result{Files: make([]File, len(jobs)), Versions: make([]ObjectVersion, len(jobs))}
 	warnings := make([]string, len(jobs))
+	gone := make([]bool, len(jobs)) // optional objects deleted between the phases, or never there
 	g, gctx = errgroup.WithContext(ctx)
 	g.SetLimit(f.parallel)
 	for i := range jobs {
 		j := &jobs[i]
 		g.Go(func() error {
 			content, version, warning, err := f.get(gctx, s, j.obj, j.version)
+			if j.obj.Optional && IsNotFound(err) {
+				gone[i] = true
+				return nil
+			}
 			if err != nil {
 				return err
 			}
@@ -322,6 +338,18 @@ func (f *Fetcher) Fetch(ctx context.Context, req Request) (*Result, error) {
 	}
 	if err := g.Wait(); err != nil {
 		return nil, err
+	}
+	for i := range jobs {
+		if gone[i] {
+			missing[jobs[i].index] = true
+		}
+	}
+	res.Files, res.Versions = compact(res.Files, res.Versions, gone)
+	for i, m := range missing {
+		if m {
+			res.Warnings = append(res.Warnings, ObjectWarning{Object: i, Field: FieldOptional, Missing: true,
+				Detail: fmt.Sprintf("optional %s %s is not in the vault; its file is absent until it is created", req.Objects[i].Type, req.Objects[i].Name)})
+		}
 	}
 	warned := map[int]bool{}
 	for i, w := range warnings {
@@ -433,4 +461,15 @@ func eachPage[R any](ctx context.Context, p *runtime.Pager[R], each func(R)) err
 		each(page)
 	}
 	return nil
+}
+
+// compact drops the files and versions of the jobs that found nothing.
+func compact(files []File, versions []ObjectVersion, gone []bool) ([]File, []ObjectVersion) {
+	f, v := files[:0], versions[:0]
+	for i := range files {
+		if !gone[i] {
+			f, v = append(f, files[i]), append(v, versions[i])
+		}
+	}
+	return f, v
 }

@@ -57,6 +57,10 @@ type Object struct {
 	Format   Format
 	Encoding Encoding
 	FileMode os.FileMode
+	// Optional objects missing from the vault (no such object, or no
+	// enabled version) are left out of the volume with a warning instead
+	// of failing it; they appear at a later rotation once created.
+	Optional bool
 }
 
 // FileName is the path, relative to the mount, that the object is written to.

@@ -20,6 +20,9 @@ const (
 	FieldFormat         = "objectFormat"
 	FieldEncoding       = "objectEncoding"
 	FieldFilePermission = "filePermission"
+	// FieldOptional is kvnode's own: an object that may be missing from
+	// the vault (the upstream provider has no such key).
+	FieldOptional = "optional"
 )
 
 // RecommendedMaxVersionHistory is the version history above which a warning
@@ -38,7 +41,7 @@ const maxSegmentLen = 255
 // ObjectSpec is one object as a front door read it, every field as text,
 // before any check. Empty fields are unset.
 type ObjectSpec struct {
-	Name, Type, Version, VersionHistory, Alias, Format, Encoding, FilePermission string
+	Name, Type, Version, VersionHistory, Alias, Format, Encoding, FilePermission, Optional string
 }
 
 // Problem is one thing wrong with one field of one object.
@@ -208,6 +211,14 @@ func parseObject(i int, s ObjectSpec, ps *[]Problem) Object {
 		default:
 			obj.FileMode = os.FileMode(mode)
 		}
+	}
+
+	if o := s.Optional; o != "" {
+		v, err := strconv.ParseBool(o)
+		if err != nil {
+			bad(FieldOptional, "%q is not true or false", o)
+		}
+		obj.Optional = v
 	}
 
 	obj.Alias = s.Alias

@@ -27,6 +27,7 @@ var objectKeys = map[string]func(*keyvault.ObjectSpec) *string{
 	keyvault.FieldFormat:         func(o *keyvault.ObjectSpec) *string { return &o.Format },
 	keyvault.FieldEncoding:       func(o *keyvault.ObjectSpec) *string { return &o.Encoding },
 	keyvault.FieldFilePermission: func(o *keyvault.ObjectSpec) *string { return &o.FilePermission },
+	keyvault.FieldOptional:       func(o *keyvault.ObjectSpec) *string { return &o.Optional },
 }
 
 // parseObjects reads the objects parameter:

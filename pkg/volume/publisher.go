@@ -109,11 +109,13 @@ func (p *Publisher) Publish(ctx context.Context, req Request) (*Result, error) {
 		if err != nil {
 			return nil, err
 		}
-		if req.RefuseWarnings && len(fetched.Warnings) > 0 {
-			msgs := make([]string, len(fetched.Warnings))
-			for i, w := range fetched.Warnings {
-				msgs[i] = w.Detail
+		var msgs []string
+		for _, w := range fetched.Warnings {
+			if !w.Missing { // a missing optional object is news, not a mistake
+				msgs = append(msgs, w.Detail)
 			}
+		}
+		if req.RefuseWarnings && len(msgs) > 0 {
 			return nil, &keyvault.Error{Kind: keyvault.KindInvalid, Op: "fetch from vault", Vault: req.VaultURL,
 				Err: fmt.Errorf("refused by --strict-parameters (the upstream provider would mount it): %s", strings.Join(msgs, "; "))}
 		}

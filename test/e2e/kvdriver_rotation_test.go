@@ -116,3 +116,48 @@ func waitEvents(t *testing.T, e *driverEnv, pod *corev1.Pod, typ string, n int) 
 	}, 10*time.Second, 50*time.Millisecond, "no %s event on %s", typ, pod.Name)
 	return items
 }
+
+// TestKVDriverOptionalObjects: an object marked optional that the vault
+// lacks does not fail the mount; its file is absent, a Warning event says
+// so, and it appears at the rotation after it is created. A required
+// object the vault lacks still fails the mount, and "optional" takes only
+// true or false.
+func TestKVDriverOptionalObjects(t *testing.T) {
+	e := startDriverEnvArgs(t, "--object-cache-ttl", "0")
+	seedBadInput(t, e)
+	ctx := callCtx(t)
+	const ns = "optional"
+	require.NoError(t, e.cp.EnsureNamespace(ctx, ns))
+	e.createClassOf(t, ns, "opt", "", badParams("objects", objectsParam(
+		"objectName: db-password\nobjectType: secret",
+		"objectName: not-yet\nobjectType: secret\noptional: true",
+		"objectName: not-yet-either\nobjectType: secret\nobjectVersionHistory: 2\noptional: \"true\"")))
+	e.createClassOf(t, ns, "required", "", badParams("objects", objectsParam("objectName: never-created\nobjectType: secret")))
+	e.createClassOf(t, ns, "bad", "", badParams("objects", objectsParam("objectName: db-password\nobjectType: secret\noptional: maybe")))
+	e.waitForClasses(t, ns)
+
+	pod := e.createPod(t, ns, "app", "app")
+	req := e.publishRequest(pod, "secrets", "opt", spCredentials(spClientID, spSecret), "")
+	mkTargetParent(t, req.TargetPath)
+	_, err := e.node.NodePublishVolume(ctx, req)
+	require.NoError(t, err)
+	assertFiles(t, req.TargetPath, map[string]string{"db-password": dbPassword1}, nil)
+	warning := waitEvents(t, e, pod, corev1.EventTypeWarning, 1)
+	assert.Contains(t, warning[0].Message, "optional secret not-yet is not in the vault")
+	assert.Contains(t, warning[0].Message, "optional secret not-yet-either is not in the vault")
+
+	_, err = e.emu.SetSecret(badVault, "not-yet", "here now", emulator.SecretOptions{})
+	require.NoError(t, err)
+	_, err = e.node.NodePublishVolume(ctx, req)
+	require.NoError(t, err)
+	assertFiles(t, req.TargetPath, map[string]string{"db-password": dbPassword1, "not-yet": "here now"}, nil)
+
+	for class, code := range map[string]string{"required": "NotFound", "bad": "InvalidArgument"} {
+		p := e.createPod(t, ns, class, "app")
+		r := e.publishRequest(p, "secrets", class, spCredentials(spClientID, spSecret), "")
+		mkTargetParent(t, r.TargetPath)
+		_, err := e.node.NodePublishVolume(ctx, r)
+		requireCode(t, err, code, map[string]string{"required": "never-created", "bad": `optional: "maybe" is not true or false`}[class])
+		e.assertNothingPublished(t, p, r.TargetPath, false)
+	}
+}
