@@ -61,6 +61,9 @@ type Object struct {
 	// enabled version) are left out of the volume with a warning instead
 	// of failing it; they appear at a later rotation once created.
 	Optional bool
+	// KeyVaultName names the object's own vault (empty: the request's),
+	// and VaultURL is its URL, which the front door sets from the cloud.
+	KeyVaultName, VaultURL string
 }
 
 // FileName is the path, relative to the mount, that the object is written to.

@@ -23,6 +23,9 @@ const (
 	// FieldOptional is kvnode's own: an object that may be missing from
 	// the vault (the upstream provider has no such key).
 	FieldOptional = "optional"
+	// FieldKeyVaultName, on an object, names another vault than the
+	// class's (kvnode's own key); its name rules are the class's.
+	FieldKeyVaultName = "keyvaultName"
 )
 
 // RecommendedMaxVersionHistory is the version history above which a warning
@@ -42,6 +45,9 @@ const maxSegmentLen = 255
 // before any check. Empty fields are unset.
 type ObjectSpec struct {
 	Name, Type, Version, VersionHistory, Alias, Format, Encoding, FilePermission, Optional string
+	// KeyVaultName is the object's own vault, checked by the front door
+	// (which knows the cloud); empty is the class's.
+	KeyVaultName string
 }
 
 // Problem is one thing wrong with one field of one object.
@@ -220,6 +226,8 @@ func parseObject(i int, s ObjectSpec, ps *[]Problem) Object {
 		}
 		obj.Optional = v
 	}
+
+	obj.KeyVaultName = s.KeyVaultName
 
 	obj.Alias = s.Alias
 	if obj.Alias != "" {

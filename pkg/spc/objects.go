@@ -28,6 +28,7 @@ var objectKeys = map[string]func(*keyvault.ObjectSpec) *string{
 	keyvault.FieldEncoding:       func(o *keyvault.ObjectSpec) *string { return &o.Encoding },
 	keyvault.FieldFilePermission: func(o *keyvault.ObjectSpec) *string { return &o.FilePermission },
 	keyvault.FieldOptional:       func(o *keyvault.ObjectSpec) *string { return &o.Optional },
+	keyvault.FieldKeyVaultName:   func(o *keyvault.ObjectSpec) *string { return &o.KeyVaultName },
 }
 
 // parseObjects reads the objects parameter:
@@ -84,6 +85,18 @@ func parseObjects(s string, p *problems) []keyvault.Object {
 	}
 	objects, problems := keyvault.ParseObjects(specs)
 	name := func(i int) string { return fmt.Sprintf("%s[%d]", ParamObjects, i) }
+	for i, spec := range specs {
+		if spec.KeyVaultName == "" || unreadable[i] {
+			continue
+		}
+		if detail, tolerated := VaultNameProblem(spec.KeyVaultName); detail != "" {
+			if tolerated {
+				p.warn(name(i)+"."+keyvault.FieldKeyVaultName, detail)
+			} else {
+				p.add(name(i)+"."+keyvault.FieldKeyVaultName, detail)
+			}
+		}
+	}
 	for _, op := range problems {
 		if unreadable[op.Object] {
 			continue // already reported as a whole

@@ -167,6 +167,11 @@ func Parse(params map[string]string) (*Config, error) {
 	checkIdentity(cfg, &p)
 
 	cfg.Objects = parseObjects(get(ParamObjects), &p)
+	for i := range cfg.Objects {
+		if o := &cfg.Objects[i]; o.KeyVaultName != "" {
+			o.VaultURL = cfg.Cloud.VaultURL(o.KeyVaultName)
+		}
+	}
 
 	if err := p.err(); err != nil {
 		return nil, err

@@ -14,6 +14,7 @@ import (
 	"strings"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"golang.org/x/sync/errgroup"
 	"k8s.io/klog/v2"
 	"k8s.io/mount-utils"
 
@@ -103,9 +104,7 @@ func (p *Publisher) Publish(ctx context.Context, req Request) (*Result, error) {
 		if err != nil {
 			return nil, err
 		}
-		fetched, err = p.fetcher.Fetch(ctx, keyvault.Request{
-			VaultURL: req.VaultURL, Credential: cred, IdentityKey: credID, Objects: req.Objects,
-		})
+		fetched, err = p.fetchAll(ctx, req, cred, credID)
 		if err != nil {
 			return nil, err
 		}
@@ -228,4 +227,55 @@ func (p *Publisher) Unpublish(target string) error {
 		return fmt.Errorf("unpublish %s: %w", target, err)
 	}
 	return nil
+}
+
+// fetchAll fetches the request's objects, one Fetch per vault (an object
+// may name its own vault; the rest are the request's), in parallel, with
+// the identity's credential for all of them.
+func (p *Publisher) fetchAll(ctx context.Context, req Request, cred azcore.TokenCredential, credID string) (*keyvault.Result, error) {
+	type group struct {
+		url     string
+		objects []keyvault.Object
+		index   []int // of each object in req.Objects
+	}
+	var groups []*group
+	byURL := map[string]*group{}
+	for i, o := range req.Objects {
+		url := o.VaultURL
+		if url == "" {
+			url = req.VaultURL
+		}
+		g := byURL[url]
+		if g == nil {
+			g = &group{url: url}
+			byURL[url] = g
+			groups = append(groups, g)
+		}
+		g.objects, g.index = append(g.objects, o), append(g.index, i)
+	}
+	if len(groups) == 1 {
+		return p.fetcher.Fetch(ctx, keyvault.Request{VaultURL: groups[0].url, Credential: cred, IdentityKey: credID, Objects: req.Objects})
+	}
+	results := make([]*keyvault.Result, len(groups))
+	eg, ectx := errgroup.WithContext(ctx)
+	for i, g := range groups {
+		eg.Go(func() error {
+			r, err := p.fetcher.Fetch(ectx, keyvault.Request{VaultURL: g.url, Credential: cred, IdentityKey: credID, Objects: g.objects})
+			results[i] = r
+			return err
+		})
+	}
+	if err := eg.Wait(); err != nil {
+		return nil, err
+	}
+	all := &keyvault.Result{}
+	for i, r := range results {
+		all.Files = append(all.Files, r.Files...)
+		all.Versions = append(all.Versions, r.Versions...)
+		for _, w := range r.Warnings {
+			w.Object = groups[i].index[w.Object]
+			all.Warnings = append(all.Warnings, w)
+		}
+	}
+	return all, nil
 }

@@ -161,3 +161,42 @@ func TestKVDriverOptionalObjects(t *testing.T) {
 		e.assertNothingPublished(t, p, r.TargetPath, false)
 	}
 }
+
+// TestKVDriverSeveralVaults: an object may name its own keyvaultName; it is
+// fetched from that vault with the class's identity, next to the objects
+// of the class's vault, and a name no vault can have is refused naming the
+// object's field.
+func TestKVDriverSeveralVaults(t *testing.T) {
+	e := startDriverEnvArgs(t, "--object-cache-ttl", "0")
+	seedBadInput(t, e)
+	ctx := callCtx(t)
+	const ns, second = "vaults", "kvnode-second"
+	require.NoError(t, e.emu.CreateVault(second, emulator.VaultOptions{TenantID: e2eTenant}))
+	sp, ok := e.emu.Principal(spClientID)
+	require.True(t, ok)
+	require.NoError(t, e.emu.Grant(second, sp.ObjectID))
+	_, err := e.emu.SetSecret(second, "db-password", "from the second vault", emulator.SecretOptions{})
+	require.NoError(t, err)
+	require.NoError(t, e.cp.EnsureNamespace(ctx, ns))
+	e.createClassOf(t, ns, "two", "", badParams("objects", objectsParam(
+		"objectName: db-password\nobjectType: secret",
+		"objectName: db-password\nobjectType: secret\nobjectAlias: second/db-password\nkeyvaultName: "+second)))
+	e.createClassOf(t, ns, "bad-name", "", badParams("objects", objectsParam(
+		"objectName: db-password\nobjectType: secret\nkeyvaultName: no_such")))
+	e.waitForClasses(t, ns)
+
+	pod := e.createPod(t, ns, "app", "app")
+	req := e.publishRequest(pod, "secrets", "two", spCredentials(spClientID, spSecret), "")
+	mkTargetParent(t, req.TargetPath)
+	_, err = e.node.NodePublishVolume(ctx, req)
+	require.NoError(t, err)
+	assertFiles(t, req.TargetPath, map[string]string{"db-password": dbPassword1, "second/db-password": "from the second vault"}, nil)
+	assert.Equal(t, 1, e.emu.CountRequests(emulator.RequestFilter{Service: emulator.ServiceKeyVault, Vault: second, Status: 200}))
+
+	p := e.createPod(t, ns, "bad", "app")
+	r := e.publishRequest(p, "secrets", "bad-name", spCredentials(spClientID, spSecret), "")
+	mkTargetParent(t, r.TargetPath)
+	_, err = e.node.NodePublishVolume(ctx, r)
+	requireCode(t, err, "InvalidArgument", "objects[0].keyvaultName")
+	e.assertNothingPublished(t, p, r.TargetPath, false)
+}
