@@ -163,6 +163,10 @@ func classifyCause(err error) Kind {
 	if errors.As(err, &re) {
 		return classifyStatus(re.StatusCode)
 	}
+	var te *ThrottledError
+	if errors.As(err, &te) {
+		return KindThrottled
+	}
 	var dns *net.DNSError
 	if errors.As(err, &dns) && dns.IsNotFound {
 		return KindNotFound

@@ -56,6 +56,10 @@ type Options struct {
 	// MaxClients bounds the cached (vault, identity) client sets, least
 	// recently used dropped first; default DefaultMaxClients.
 	MaxClients int
+	// VaultBudget is the most requests per 10 s this process sends one
+	// vault; default DefaultVaultBudget (Key Vault allows 4,000 GETs per
+	// 10 s per vault, for all its clients together).
+	VaultBudget int
 	// CacheTTL keeps each fetched object, per identity, for this long, so
 	// that every pod of the node that reads it with the same identity within
 	// the TTL shares one GET. It bounds how late a rotated secret appears
@@ -90,6 +94,8 @@ func NewFetcher(opts Options) *Fetcher {
 	if opts.MaxClients <= 0 {
 		opts.MaxClients = DefaultMaxClients
 	}
+	// Every request, every retry, passes its vault's gate.
+	opts.ClientOptions.PerRetryPolicies = append(opts.ClientOptions.PerRetryPolicies, newVaultGates(opts.VaultBudget))
 	f := &Fetcher{parallel: opts.MaxParallel, clients: newClientCache(opts.ClientOptions, opts.MaxClients)}
 	if opts.CacheTTL > 0 {
 		if opts.MaxCachedObjects <= 0 {

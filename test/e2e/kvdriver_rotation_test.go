@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -199,4 +200,49 @@ func TestKVDriverSeveralVaults(t *testing.T) {
 	_, err = e.node.NodePublishVolume(ctx, r)
 	requireCode(t, err, "InvalidArgument", "objects[0].keyvaultName")
 	e.assertNothingPublished(t, p, r.TargetPath, false)
+}
+
+// TestKVDriverThrottledVault: a vault that answers 429 with a Retry-After
+// is left alone for that long: the next mounts from it are answered
+// ResourceExhausted at once, naming the vault and the wait, without a
+// request reaching it, while mounts from another vault go on.
+func TestKVDriverThrottledVault(t *testing.T) {
+	e := startDriverEnvArgs(t, "--object-cache-ttl", "0")
+	seedBadInput(t, e)
+	ctx := callCtx(t)
+	const ns = "throttle"
+	require.NoError(t, e.cp.EnsureNamespace(ctx, ns))
+	e.createClassOf(t, ns, "storm", "", badParams("keyvaultName", throttledVault, "objects", objectsParam("objectName: s1\nobjectType: secret")))
+	e.createClassOf(t, ns, "calm", "", badParams("objects", objectsParam("objectName: db-password\nobjectType: secret")))
+	e.waitForClasses(t, ns)
+	// The storm: the throttled vault's one request per ten minutes is spent.
+	require.NoError(t, e.emu.SetThrottle(throttledVault, 1, 10*time.Minute))
+	stormed := func() int {
+		return e.emu.CountRequests(emulator.RequestFilter{Service: emulator.ServiceKeyVault, Vault: throttledVault})
+	}
+
+	for i := range 4 {
+		pod := e.createPod(t, ns, fmt.Sprintf("storm-%d", i), "app")
+		req := e.publishRequest(pod, "secrets", "storm", spCredentials(spClientID, spSecret), "")
+		mkTargetParent(t, req.TargetPath)
+		before := stormed()
+		_, err := e.node.NodePublishVolume(ctx, req)
+		if i == 0 {
+			require.NoError(t, err, "the window's one request") // then the storm
+			continue
+		}
+		requireCode(t, err, "ResourceExhausted", "Key Vault answered 429 (Throttled)")
+		e.assertNothingPublished(t, pod, req.TargetPath, false)
+		if i > 1 {
+			assert.Contains(t, err.Error(), "vault "+throttledVault+" is sent no request for another")
+			assert.Equal(t, before, stormed(), "a paused vault is sent nothing")
+		}
+
+		calm := e.createPod(t, ns, fmt.Sprintf("calm-%d", i), "app")
+		creq := e.publishRequest(calm, "secrets", "calm", spCredentials(spClientID, spSecret), "")
+		mkTargetParent(t, creq.TargetPath)
+		_, err = e.node.NodePublishVolume(ctx, creq)
+		require.NoError(t, err, "another vault's mounts go on")
+		assertFiles(t, creq.TargetPath, map[string]string{"db-password": dbPassword1}, nil)
+	}
 }
