@@ -34,6 +34,9 @@ import (
 // ControlPlane is a running etcd + kube-apiserver.
 type ControlPlane struct {
 	env *envtest.Environment
+	// certDir holds kube-apiserver's serving certificate and
+	// service-account keys; it outlives a StopAPIServer.
+	certDir string
 	// Config is an admin (system:masters) client configuration.
 	Config *rest.Config
 	// Client is a clientset for Config.
@@ -81,28 +84,63 @@ func New(opts Options) (*ControlPlane, error) {
 	// The test namespace has no default route, from which kube-apiserver
 	// would otherwise pick the address it advertises; loopback is refused as
 	// an advertised address unless no endpoints are reconciled for it.
-	args := env.ControlPlane.GetAPIServer().Configure()
+	apiserver := env.ControlPlane.GetAPIServer()
+	args := apiserver.Configure()
 	args.Set("advertise-address", "127.0.0.1")
 	args.Set("endpoint-reconciler-type", "none")
+	// A directory of our own, which envtest keeps when kube-apiserver
+	// stops (it removes one it made): a restarted kube-apiserver serves
+	// the same certificate and accepts the service-account tokens issued
+	// before (StopAPIServer, StartAPIServer).
+	certDir, err := os.MkdirTemp("", "kvnode-apiserver-")
+	if err != nil {
+		return nil, err
+	}
+	apiserver.CertDir = certDir
+	stop := func() { _ = env.Stop(); _ = os.RemoveAll(certDir) }
 	cfg, err := env.Start()
 	if err != nil {
-		_ = env.Stop()
+		stop()
 		return nil, fmt.Errorf("start control plane: %w", err)
 	}
 	client, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
-		_ = env.Stop()
+		stop()
 		return nil, fmt.Errorf("clientset: %w", err)
 	}
 	// envtest sets --service-account-issuer to the secure serving URL.
 	issuer := env.ControlPlane.APIServer.SecureServing.URL("https", "/").String()
-	return &ControlPlane{env: env, Config: cfg, Client: client, Issuer: issuer}, nil
+	return &ControlPlane{env: env, certDir: certDir, Config: cfg, Client: client, Issuer: issuer}, nil
 }
 
 // Stop stops kube-apiserver and etcd and removes their data.
 func (cp *ControlPlane) Stop() error {
-	if err := cp.env.Stop(); err != nil {
+	err := cp.env.Stop()
+	if rerr := os.RemoveAll(cp.certDir); err == nil {
+		err = rerr
+	}
+	if err != nil {
 		return fmt.Errorf("stop control plane: %w", err)
+	}
+	return nil
+}
+
+// StopAPIServer stops kube-apiserver (SIGTERM, as a control-plane outage
+// or upgrade does) and leaves etcd running: clients get connection
+// refused until StartAPIServer.
+func (cp *ControlPlane) StopAPIServer() error {
+	if err := cp.env.ControlPlane.APIServer.Stop(); err != nil {
+		return fmt.Errorf("stop kube-apiserver: %w", err)
+	}
+	return nil
+}
+
+// StartAPIServer starts kube-apiserver again after StopAPIServer, on the
+// same address with the same certificates, keys and data, and returns once
+// it is healthy.
+func (cp *ControlPlane) StartAPIServer() error {
+	if err := cp.env.ControlPlane.APIServer.Start(); err != nil {
+		return fmt.Errorf("restart kube-apiserver: %w", err)
 	}
 	return nil
 }

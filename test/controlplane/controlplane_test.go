@@ -56,3 +56,30 @@ func TestControlPlaneIssuesServiceAccountTokens(t *testing.T) {
 	_, err = saClient.CoreV1().Secrets("apps").List(ctx, metav1.ListOptions{})
 	assert.True(t, apierrors.IsForbidden(err), "want Forbidden, got %v", err)
 }
+
+// TestControlPlaneRestartsAPIServer: while kube-apiserver is stopped calls
+// fail; once it is started again, the same address, CA, admin certificate
+// and service-account tokens issued before the restart work, and the data
+// is still there.
+func TestControlPlaneRestartsAPIServer(t *testing.T) {
+	testenv.RequireNetns(t)
+	cp := Start(t, Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	_, err := cp.CreateServiceAccount(ctx, "apps", "web", nil)
+	require.NoError(t, err)
+	saCfg, err := cp.AsServiceAccount(ctx, "apps", "web")
+	require.NoError(t, err)
+	saClient, err := kubernetes.NewForConfig(saCfg)
+	require.NoError(t, err)
+
+	require.NoError(t, cp.StopAPIServer())
+	_, err = cp.Client.CoreV1().ServiceAccounts("apps").Get(ctx, "web", metav1.GetOptions{})
+	require.Error(t, err, "kube-apiserver answered while stopped")
+
+	require.NoError(t, cp.StartAPIServer())
+	_, err = cp.Client.CoreV1().ServiceAccounts("apps").Get(ctx, "web", metav1.GetOptions{})
+	require.NoError(t, err, "the admin client after the restart")
+	_, err = saClient.CoreV1().Secrets("apps").List(ctx, metav1.ListOptions{})
+	assert.True(t, apierrors.IsForbidden(err), "the service-account token after the restart: want Forbidden, got %v", err)
+}
