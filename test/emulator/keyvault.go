@@ -130,6 +130,7 @@ type IssuedCertificate struct {
 // keyVaultService serves the Key Vault data plane for every vault.
 type keyVaultService struct {
 	*core
+	faults faultQueue
 	mu     sync.Mutex
 	vaults map[string]*vault // by lower-case name
 }

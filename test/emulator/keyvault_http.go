@@ -46,6 +46,21 @@ type kvRequest struct {
 // connect. Through the emulator's proxy the tunnel is already open; the
 // emulator answers 421 Misdirected Request, a status the SDK does not retry,
 // and records it as a Key Vault request with the vault's name.
+// InjectVaultFault makes every vault answer as f says (an error status, a
+// delay, or both), before authentication, until f.Count requests have been
+// affected, or until ClearVaultFaults when f.Count is 0: a Key Vault outage.
+// Faults queue: the first one still active applies.
+func (e *Emulator) InjectVaultFault(f Fault) error {
+	if err := f.validate(); err != nil {
+		return fmt.Errorf("inject Key Vault fault: %w", err)
+	}
+	e.kv.faults.push(f)
+	return nil
+}
+
+// ClearVaultFaults removes every Key Vault fault.
+func (e *Emulator) ClearVaultFaults() { e.kv.faults.clear() }
+
 func (s *keyVaultService) serve(w http.ResponseWriter, r *http.Request, c Cloud, vaultName string) {
 	entry := Request{Service: ServiceKeyVault, Host: strings.ToLower(hostOnly(r.Host)), Method: r.Method, Path: r.URL.Path, Vault: vaultName}
 	kr := &kvRequest{w: w, r: r, cloud: c}
@@ -66,6 +81,11 @@ func (s *keyVaultService) answer(kr *kvRequest, entry *Request) int {
 		return http.StatusMisdirectedRequest
 	}
 	kr.v = v
+	if st, done := s.faults.apply(kr.w, r, func(w http.ResponseWriter, status int) {
+		kr.fail(status, "ServiceUnavailable", "The service is temporarily unavailable. (fault injected by the kvnode emulator)", "")
+	}); done {
+		return st
+	}
 	if r.Method != http.MethodGet {
 		kr.w.Header().Set("Allow", http.MethodGet)
 		return kr.fail(http.StatusMethodNotAllowed, "BadParameter", fmt.Sprintf("The requested resource does not support http method '%s'.", r.Method), "")
