@@ -12,6 +12,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -125,14 +126,28 @@ func (cp *ControlPlane) Stop() error {
 	return nil
 }
 
-// StopAPIServer stops kube-apiserver (SIGTERM, as a control-plane outage
-// or upgrade does) and leaves etcd running: clients get connection
-// refused until StartAPIServer.
+// StopAPIServer stops kube-apiserver, as a crash or an outage does, and
+// leaves etcd running: clients get connection refused until
+// StartAPIServer. kube-apiserver gets SIGTERM and, a second later, SIGKILL:
+// its graceful shutdown can wait out its clients' open watches.
 func (cp *ControlPlane) StopAPIServer() error {
-	if err := cp.env.ControlPlane.APIServer.Stop(); err != nil {
+	s := cp.env.ControlPlane.APIServer
+	saved := s.StopTimeout
+	s.StopTimeout = time.Second
+	err := s.Stop()
+	s.StopTimeout = saved
+	if err != nil && !strings.Contains(err.Error(), "timeout waiting for process") {
 		return fmt.Errorf("stop kube-apiserver: %w", err)
 	}
-	return nil
+	addr := net.JoinHostPort(s.SecureServing.Address, s.SecureServing.Port)
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err != nil {
+			return nil
+		}
+		c.Close()
+	}
+	return fmt.Errorf("stop kube-apiserver: %s still accepts connections", addr)
 }
 
 // StartAPIServer starts kube-apiserver again after StopAPIServer, on the
