@@ -126,6 +126,17 @@ func upstreamFailure(err error) *requestError {
 	case errors.Is(err, tokensource.ErrNoSource):
 		return &requestError{status: http.StatusInternalServerError, code: "unknown_error",
 			desc: "This node cannot issue tokens for the bound identity's kind"}
+	case errors.As(err, &af) && !entraRefused(af):
+		// azidentity reports every failure of the exchange so: Entra ID
+		// throttling, failing or out of reach, and the service-account
+		// token the API server could not issue. Those pass; a 403 would
+		// make the pod's SDK give up for good.
+		if af.RawResponse != nil && af.RawResponse.StatusCode == http.StatusTooManyRequests {
+			return &requestError{status: http.StatusTooManyRequests, code: "too_many_requests",
+				desc: "Entra ID is throttling token requests; retry after a short wait"}
+		}
+		return &requestError{status: http.StatusBadGateway, code: "unknown_error",
+			desc: "The workload identity token exchange failed for now (Entra ID or the Kubernetes API server); retry"}
 	case errors.As(err, &af):
 		// Entra ID refused a workload-identity exchange: the pod's
 		// service account has no federated credential for the identity it
@@ -152,6 +163,17 @@ func upstreamFailure(err error) *requestError {
 	}
 	return &requestError{status: http.StatusBadGateway, code: "unknown_error",
 		desc: "The node's identity endpoint could not be reached"}
+}
+
+// entraRefused reports whether Entra ID answered the exchange with a
+// refusal (400, 401 or 403: no federated credential, a disabled
+// application), as opposed to failing to answer it.
+func entraRefused(af *azidentity.AuthenticationFailedError) bool {
+	if af.RawResponse == nil {
+		return false
+	}
+	s := af.RawResponse.StatusCode
+	return s == http.StatusBadRequest || s == http.StatusUnauthorized || s == http.StatusForbidden
 }
 
 // defaultCode is IMDS's error code for a status, for answers that had none.

@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -149,6 +151,14 @@ func TestUpstreamFailures(t *testing.T) {
 			`{"error":"unknown_error","error_description":"The node's identity endpoint answered 401"}`, ""},
 		{"transport failure", errors.New("dial tcp 169.254.169.254:80: connect: connection refused"), 502,
 			`{"error":"unknown_error","error_description":"The node's identity endpoint could not be reached"}`, ""},
+		{"Entra ID refuses the exchange", entraFailure(400, "AADSTS70021: No matching federated identity record found"), 403,
+			`{"error":"invalid_request","error_description":"Entra ID refused the token exchange for this pod's service account (AADSTS70021)"}`, ""},
+		{"Entra ID failing", entraFailure(503, "AADSTS90033: A transient error has occurred"), 502,
+			`{"error":"unknown_error","error_description":"The workload identity token exchange failed for now (Entra ID or the Kubernetes API server); retry"}`, ""},
+		{"Entra ID throttling", entraFailure(429, "AADSTS50196: throttled"), 429,
+			`{"error":"too_many_requests","error_description":"Entra ID is throttling token requests; retry after a short wait"}`, "1"},
+		{"no service-account token", &azidentity.AuthenticationFailedError{}, 502,
+			`{"error":"unknown_error","error_description":"The workload identity token exchange failed for now (Entra ID or the Kubernetes API server); retry"}`, ""},
 		{"no source for the identity kind", tokensource.ErrNoSource, 500,
 			`{"error":"unknown_error","error_description":"This node cannot issue tokens for the bound identity's kind"}`, ""},
 	}
@@ -236,4 +246,14 @@ func TestMaybeEscapeIn8(t *testing.T) {
 			require.Equal(t, string(j), string(appendJSONString(nil, long)), "%q", long)
 		}
 	}
+}
+
+// entraFailure is azidentity's error for an answer of Entra ID's token
+// endpoint with status and, in its body, message.
+func entraFailure(status int, message string) error {
+	return fmt.Errorf("workload identity: %w", &azidentity.AuthenticationFailedError{RawResponse: &http.Response{
+		StatusCode: status, Status: http.StatusText(status), Header: http.Header{},
+		Body:    io.NopCloser(strings.NewReader(`{"error":"invalid_request","error_description":"` + message + `"}`)),
+		Request: &http.Request{Method: http.MethodPost, URL: &url.URL{Scheme: "https", Host: "login.microsoftonline.com", Path: "/t/oauth2/v2.0/token"}},
+	}})
 }
