@@ -263,6 +263,12 @@ func Cleanup(cfg Config) error {
 	return nil
 }
 
+// shutdownTimeout bounds how long a stopping nmi waits for the requests in
+// flight: a token request waiting on a slow IMDS or Entra ID is answered if
+// it can be within Kubernetes' default terminationGracePeriodSeconds (30s,
+// which the chart keeps), with room left to remove the rules and exit.
+const shutdownTimeout = 20 * time.Second
+
 // serve runs hs on ln until ctx ends, then shuts it down gracefully.
 func serve(ctx context.Context, hs *http.Server, ln net.Listener) error {
 	errc := make(chan error, 1)
@@ -272,7 +278,7 @@ func serve(ctx context.Context, hs *http.Server, ln net.Listener) error {
 		return fmt.Errorf("serve %s: %w", hs.Addr, err)
 	case <-ctx.Done():
 	}
-	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
 	defer cancel()
 	_ = hs.Shutdown(sctx)
 	return nil
