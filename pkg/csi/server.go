@@ -94,14 +94,21 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 }
 
-// Stop stops serving, waiting up to ten seconds for RPCs in flight.
+// stopTimeout bounds how long Stop waits for the RPCs in flight: a publish
+// waiting on a slow Key Vault or Entra ID completes if it can within
+// Kubernetes' default terminationGracePeriodSeconds (30s, which the chart
+// keeps), with room left to exit. A publish cut short leaves kubelet to
+// retry against the next kvdriver.
+const stopTimeout = 20 * time.Second
+
+// Stop stops serving, waiting up to stopTimeout for RPCs in flight.
 func (s *Server) Stop() {
 	s.once.Do(func() {
 		done := make(chan struct{})
 		go func() { s.grpc.GracefulStop(); close(done) }()
 		select {
 		case <-done:
-		case <-time.After(10 * time.Second):
+		case <-time.After(stopTimeout):
 			s.grpc.Stop()
 		}
 	})
