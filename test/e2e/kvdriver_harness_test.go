@@ -76,6 +76,11 @@ type driverEnv struct {
 	// providers is kvdriver's --providers-dir: empty unless a test starts
 	// a provider plugin there.
 	providers string
+	// proc is the kvdriver process; exited is closed, and exitErr set,
+	// once it has exited.
+	proc    *exec.Cmd
+	exited  chan struct{}
+	exitErr error
 }
 
 func startDriverEnv(t testing.TB) *driverEnv {
@@ -130,15 +135,15 @@ func startKVDriver(t testing.TB, cp *controlplane.ControlPlane, emu *emulator.Em
 	cmd.Stdout, cmd.Stderr = logs, logs
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	require.NoError(t, cmd.Start())
+	env := &driverEnv{proc: cmd, exited: make(chan struct{})}
+	go func() { env.exitErr = cmd.Wait(); close(env.exited) }()
 	t.Cleanup(func() {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan error, 1)
-		go func() { done <- cmd.Wait() }()
 		select {
-		case <-done:
+		case <-env.exited:
 		case <-time.After(10 * time.Second):
 			_ = cmd.Process.Kill()
-			<-done
+			<-env.exited
 		}
 		if t.Failed() {
 			out := logs.String()
@@ -152,9 +157,9 @@ func startKVDriver(t testing.TB, cp *controlplane.ControlPlane, emu *emulator.Em
 	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	require.NoError(t, err)
 	t.Cleanup(func() { conn.Close() })
-	env := &driverEnv{cp: cp, emu: emu, dyn: dyn, node: csipb.NewNodeClient(conn), ident: csipb.NewIdentityClient(conn),
-		logs: logs, kubelet: filepath.Join(dir, "kubelet"), socket: "unix://" + sock, metrics: "http://" + metricsAddr + "/metrics",
-		providers: providers}
+	env.cp, env.emu, env.dyn, env.node, env.ident = cp, emu, dyn, csipb.NewNodeClient(conn), csipb.NewIdentityClient(conn)
+	env.logs, env.kubelet, env.socket, env.metrics = logs, filepath.Join(dir, "kubelet"), "unix://"+sock, "http://"+metricsAddr+"/metrics"
+	env.providers = providers
 	require.Eventually(t, func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
