@@ -1,0 +1,402 @@
+package e2e
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	csipb "github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+
+	"github.com/kvnode/kvnode/pkg/spc"
+	"github.com/kvnode/kvnode/test/emulator"
+)
+
+const (
+	faultsVault     = "kvnode-faults"
+	faultsNamespace = "faults"
+)
+
+// seedFaultsVault creates the service principal and a vault it reads,
+// holding the given secrets.
+func seedFaultsVault(t *testing.T, e *driverEnv, secrets map[string]string) {
+	t.Helper()
+	sp, err := e.emu.AddApplication(emulator.Principal{TenantID: e2eTenant, ClientID: spClientID, Secret: spSecret})
+	require.NoError(t, err)
+	require.NoError(t, e.emu.CreateVault(faultsVault, emulator.VaultOptions{TenantID: e2eTenant}))
+	require.NoError(t, e.emu.Grant(faultsVault, sp.ObjectID))
+	setSecrets(t, e, secrets)
+}
+
+func setSecrets(t *testing.T, e *driverEnv, secrets map[string]string) {
+	t.Helper()
+	for name, value := range secrets {
+		_, err := e.emu.SetSecret(faultsVault, name, value, emulator.SecretOptions{})
+		require.NoError(t, err)
+	}
+}
+
+// faultsClass is a class of the faults vault mounting the named secrets.
+func faultsClass(names ...string) map[string]string {
+	entries := make([]string, len(names))
+	for i, n := range names {
+		entries[i] = "objectName: " + n + "\nobjectType: secret"
+	}
+	return map[string]string{"keyvaultName": faultsVault, "tenantId": e2eTenant, "objects": objectsParam(entries...)}
+}
+
+// volumeFiles reads the files a pod sees in target: the visible names
+// (not atomicwriter's ".." entries), through their links.
+func volumeFiles(t *testing.T, target string) map[string]string {
+	t.Helper()
+	entries, err := os.ReadDir(target)
+	require.NoError(t, err)
+	files := map[string]string{}
+	for _, de := range entries {
+		if strings.HasPrefix(de.Name(), "..") {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(target, de.Name()))
+		require.NoError(t, err, "a visible name that does not resolve to a file")
+		files[de.Name()] = string(b)
+	}
+	return files
+}
+
+// publishOK publishes req and requires success.
+func publishOK(t *testing.T, e *driverEnv, req *csipb.NodePublishVolumeRequest) {
+	t.Helper()
+	_, err := e.node.NodePublishVolume(callCtx(t), req)
+	require.NoError(t, err)
+}
+
+// TestFaultKVDriverAPIServerDown stops kube-apiserver under kvdriver: a
+// publish of a class kvdriver already knows mounts from the informer cache
+// (the volume status is written once the API server is back), and when the
+// API server returns the same kvdriver sees a class created afterwards.
+func TestFaultKVDriverAPIServerDown(t *testing.T) {
+	e := startDriverEnv(t)
+	seedFaultsVault(t, e, map[string]string{"db": "db-value-1"})
+	require.NoError(t, e.cp.EnsureNamespace(callCtx(t), faultsNamespace))
+	e.createClass(t, faultsNamespace, "known", faultsClass("db"))
+	e.waitForClasses(t, faultsNamespace)
+	pod := e.createPod(t, faultsNamespace, "during-outage", "app")
+	later := e.createPod(t, faultsNamespace, "after-outage", "app")
+
+	require.NoError(t, e.cp.StopAPIServer())
+	down := true
+	t.Cleanup(func() {
+		if down {
+			_ = e.cp.StartAPIServer()
+		}
+	})
+	req := e.publishRequest(pod, "secrets", "known", spCredentials(spClientID, spSecret), "")
+	mkTargetParent(t, req.TargetPath)
+	publishOK(t, e, req)
+	assert.Equal(t, map[string]string{"db": "db-value-1"}, volumeFiles(t, req.TargetPath))
+	publishOK(t, e, req) // kubelet's republish
+
+	require.NoError(t, e.cp.StartAPIServer())
+	down = false
+	e.createClass(t, faultsNamespace, "new", faultsClass("db"))
+	req2 := e.publishRequest(later, "secrets", "new", spCredentials(spClientID, spSecret), "")
+	mkTargetParent(t, req2.TargetPath)
+	require.Eventually(t, func() bool {
+		_, err := e.node.NodePublishVolume(callCtx(t), req2)
+		return err == nil
+	}, 60*time.Second, 200*time.Millisecond, "kvdriver never saw the class created after the outage")
+	assert.Equal(t, map[string]string{"db": "db-value-1"}, volumeFiles(t, req2.TargetPath))
+	require.Eventually(t, func() bool {
+		list, err := e.dyn.Resource(spc.SecretProviderClassPodStatusesResource).Namespace(faultsNamespace).List(callCtx(t), metav1.ListOptions{})
+		if err != nil {
+			return false
+		}
+		for _, item := range list.Items {
+			if name, _, _ := unstructured.NestedString(item.Object, "status", "podName"); name == pod.Name {
+				return true
+			}
+		}
+		return false
+	}, 60*time.Second, 200*time.Millisecond, "the status of the volume mounted during the outage was never written")
+}
+
+// TestFaultKVDriverVaultDown makes Key Vault answer 503: a first publish
+// fails with Unavailable and leaves nothing mounted or written (whether
+// kubelet made the target or not); a republish of a mounted volume fails
+// the same way and leaves its files as they were. When Key Vault is back
+// the same requests mount, and rotate, the volumes.
+func TestFaultKVDriverVaultDown(t *testing.T) {
+	e := startDriverEnv(t)
+	seedFaultsVault(t, e, map[string]string{"db": "db-value-1", "api": "api-value-1"})
+	require.NoError(t, e.cp.EnsureNamespace(callCtx(t), faultsNamespace))
+	e.createClass(t, faultsNamespace, "db", faultsClass("db"))
+	e.createClass(t, faultsNamespace, "api", faultsClass("api"))
+	e.waitForClasses(t, faultsNamespace)
+	creds := spCredentials(spClientID, spSecret)
+	mounted := e.createPod(t, faultsNamespace, "mounted", "app")
+	mountedReq := e.publishRequest(mounted, "secrets", "db", creds, "")
+	mkTargetParent(t, mountedReq.TargetPath)
+	publishOK(t, e, mountedReq)
+
+	// api was never fetched, and db's cached copy expires.
+	setSecrets(t, e, map[string]string{"db": "db-value-2"})
+	time.Sleep(2 * driverCacheTTL)
+	require.NoError(t, e.emu.InjectVaultFault(emulator.Fault{Status: http.StatusServiceUnavailable}))
+	defer e.emu.ClearVaultFaults()
+
+	var fresh []*csipb.NodePublishVolumeRequest
+	for i, existed := range []bool{false, true} {
+		pod := e.createPod(t, faultsNamespace, fmt.Sprintf("fresh-%d", i), "app")
+		req := e.publishRequest(pod, "secrets", "api", creds, "")
+		mkTargetParent(t, req.TargetPath)
+		if existed {
+			require.NoError(t, os.Mkdir(req.TargetPath, 0o750))
+		}
+		_, err := e.node.NodePublishVolume(callCtx(t), req)
+		t.Logf("first publish, Key Vault down: %v", err)
+		assert.Equal(t, codes.Unavailable, status.Code(err), "%v", err)
+		e.assertNothingPublished(t, pod, req.TargetPath, existed)
+		fresh = append(fresh, req)
+	}
+	_, err := e.node.NodePublishVolume(callCtx(t), mountedReq)
+	t.Logf("republish, Key Vault down: %v", err)
+	assert.Equal(t, codes.Unavailable, status.Code(err), "%v", err)
+	assert.Equal(t, map[string]string{"db": "db-value-1"}, volumeFiles(t, mountedReq.TargetPath), "a failed republish changed the volume")
+
+	e.emu.ClearVaultFaults()
+	for _, req := range fresh {
+		publishOK(t, e, req)
+		assert.Equal(t, map[string]string{"api": "api-value-1"}, volumeFiles(t, req.TargetPath))
+	}
+	publishOK(t, e, mountedReq)
+	assert.Equal(t, map[string]string{"db": "db-value-2"}, volumeFiles(t, mountedReq.TargetPath))
+}
+
+// rotationSecrets is generation gen of n secrets, each large enough that
+// writing the set takes a while.
+func rotationSecrets(n, gen int) map[string]string {
+	pad := strings.Repeat("x", 16<<10)
+	m := make(map[string]string, n)
+	for i := range n {
+		m[fmt.Sprintf("s%02d", i)] = fmt.Sprintf("gen-%d-s%02d-%s", gen, i, pad)
+	}
+	return m
+}
+
+// generationOf returns the one generation every file of files belongs to,
+// or an error saying how files is not one complete generation of n.
+func generationOf(files map[string]string, n int) (int, error) {
+	if len(files) != n {
+		names := make([]string, 0, len(files))
+		for k := range files {
+			names = append(names, k)
+		}
+		sort.Strings(names)
+		return 0, fmt.Errorf("%d files, want %d: %v", len(files), n, names)
+	}
+	gens := map[int]bool{}
+	for name, v := range files {
+		var g int
+		var got string
+		if _, err := fmt.Sscanf(v, "gen-%d-%3s", &g, &got); err != nil || got != name {
+			return 0, fmt.Errorf("%s holds %.20q", name, v)
+		}
+		gens[g] = true
+	}
+	if len(gens) != 1 {
+		return 0, fmt.Errorf("files of generations %v", gens)
+	}
+	for g := range gens {
+		return g, nil
+	}
+	return 0, nil
+}
+
+// payloadDirs lists atomicwriter's payload directories in target.
+func payloadDirs(t *testing.T, target string) []string {
+	t.Helper()
+	entries, err := os.ReadDir(target)
+	require.NoError(t, err)
+	var dirs []string
+	for _, de := range entries {
+		if de.IsDir() && strings.HasPrefix(de.Name(), "..") {
+			dirs = append(dirs, de.Name())
+		}
+	}
+	return dirs
+}
+
+// TestFaultKVDriverSIGKILLMidRotation kills kvdriver (SIGKILL) at points
+// spread over a rotating republish and starts a new one: each time the
+// volume holds one complete set of files, the old or the new (never
+// empty, never partial, never a mix), and the new kvdriver's republish
+// brings it to the new set.
+func TestFaultKVDriverSIGKILLMidRotation(t *testing.T) {
+	const n, kills = 40, 8
+	e := startDriverEnv(t)
+	seedFaultsVault(t, e, rotationSecrets(n, 1))
+	require.NoError(t, e.cp.EnsureNamespace(callCtx(t), faultsNamespace))
+	names := make([]string, n)
+	for i := range n {
+		names[i] = fmt.Sprintf("s%02d", i)
+	}
+	e.createClass(t, faultsNamespace, "rotating", faultsClass(names...))
+	e.waitForClasses(t, faultsNamespace)
+	pod := e.createPod(t, faultsNamespace, "rotating", "app")
+	req := e.publishRequest(pod, "secrets", "rotating", spCredentials(spClientID, spSecret), "")
+	mkTargetParent(t, req.TargetPath)
+	publishOK(t, e, req)
+
+	// How long a rotating republish takes, to spread the kills over it.
+	gen := 2
+	setSecrets(t, e, rotationSecrets(n, gen))
+	time.Sleep(2 * driverCacheTTL)
+	start := time.Now()
+	publishOK(t, e, req)
+	took := time.Since(start)
+	g, err := generationOf(volumeFiles(t, req.TargetPath), n)
+	require.NoError(t, err)
+	require.Equal(t, gen, g)
+	t.Logf("a rotating republish of %d files takes %v", n, took)
+
+	driver := e
+	midWrite := 0
+	for k := range kills {
+		gen++
+		setSecrets(t, e, rotationSecrets(n, gen))
+		time.Sleep(2 * driverCacheTTL)
+		before := payloadDirs(t, req.TargetPath)
+		done := make(chan error, 1)
+		go func() {
+			_, err := driver.node.NodePublishVolume(callCtx(t), req)
+			done <- err
+		}()
+		var when string
+		if k%2 == 0 {
+			// At a point spread over the call, from its start to a
+			// little past its usual end.
+			delay := took * time.Duration(k) / (kills / 2)
+			time.Sleep(delay)
+			when = fmt.Sprintf("%v into the republish", delay)
+		} else {
+			// As soon as the new payload directory appears: while the
+			// files are being written.
+			deadline := time.Now().Add(10 * time.Second)
+			for time.Now().Before(deadline) && len(payloadDirs(t, req.TargetPath)) <= len(before) {
+			}
+			when = "once the new files were being written"
+		}
+		require.NoError(t, driver.proc.Process.Kill())
+		<-driver.exited
+		err := <-done
+		leftovers := len(payloadDirs(t, req.TargetPath)) > 1
+		if leftovers {
+			midWrite++
+		}
+		g, gerr := generationOf(volumeFiles(t, req.TargetPath), n)
+		require.NoError(t, gerr, "kill %d %s (the publish returned %v)", k, when, err)
+		require.Contains(t, []int{gen - 1, gen}, g, "kill %d", k)
+		t.Logf("kill %d %s: generation %d of %d, a half-written payload left: %v (the publish returned %v)", k, when, g, gen, leftovers, status.Code(err))
+
+		driver = startKVDriver(t, e.cp, e.emu, "--object-cache-ttl", driverCacheTTL.String())
+		start := time.Now()
+		require.Eventually(t, func() bool {
+			start = time.Now()
+			_, err := driver.node.NodePublishVolume(callCtx(t), req)
+			return err == nil
+		}, 30*time.Second, 100*time.Millisecond, "the new kvdriver's republish failed")
+		took = time.Since(start)
+		g, gerr = generationOf(volumeFiles(t, req.TargetPath), n)
+		require.NoError(t, gerr, "after the new kvdriver's republish")
+		require.Equal(t, gen, g, "the new kvdriver's republish did not rotate the volume")
+		assert.Len(t, payloadDirs(t, req.TargetPath), 1, "the new kvdriver's republish left an old payload behind")
+	}
+	t.Logf("%d of %d kills left a half-written payload", midWrite, kills)
+	assert.Positive(t, midWrite, "no kill landed while the files were written: the test proves less than it says")
+
+	// What a kill in the middle of writing leaves, whether or not one of
+	// the kills above landed there: a payload directory with some of the
+	// files and a ..data_tmp link to it that never replaced ..data.
+	partial := filepath.Join(req.TargetPath, "..2001_01_01_00_00_00.42")
+	require.NoError(t, os.Mkdir(partial, 0o755))
+	for i := range n / 3 {
+		require.NoError(t, os.WriteFile(filepath.Join(partial, names[i]), []byte("gen-0-"+names[i]), 0o644))
+	}
+	require.NoError(t, os.Symlink(filepath.Base(partial), filepath.Join(req.TargetPath, "..data_tmp")))
+	g, err = generationOf(volumeFiles(t, req.TargetPath), n)
+	require.NoError(t, err, "a half-written payload showed through")
+	require.Equal(t, gen, g)
+	gen++
+	setSecrets(t, e, rotationSecrets(n, gen))
+	time.Sleep(2 * driverCacheTTL)
+	publishOK(t, driver, req)
+	g, err = generationOf(volumeFiles(t, req.TargetPath), n)
+	require.NoError(t, err)
+	assert.Equal(t, gen, g)
+	entries, err := os.ReadDir(req.TargetPath)
+	require.NoError(t, err)
+	var hidden []string
+	for _, de := range entries {
+		if strings.HasPrefix(de.Name(), "..") {
+			hidden = append(hidden, de.Name())
+		}
+	}
+	assert.Len(t, hidden, 2, "the republish left the half-written payload behind: %v", hidden) // ..data and its payload
+	assert.NotContains(t, hidden, "..data_tmp")
+	assert.NotContains(t, hidden, filepath.Base(partial))
+}
+
+// TestFaultKVDriverSIGTERM sends SIGTERM while a publish waits on a slow
+// Entra ID: the publish completes and mounts, and kvdriver exits within
+// the pod's termination grace period.
+func TestFaultKVDriverSIGTERM(t *testing.T) {
+	e := startDriverEnv(t)
+	seedFaultsVault(t, e, map[string]string{"db": "db-value-1"})
+	require.NoError(t, e.cp.EnsureNamespace(callCtx(t), faultsNamespace))
+	e.createClass(t, faultsNamespace, "db", faultsClass("db"))
+	e.waitForClasses(t, faultsNamespace)
+	pod := e.createPod(t, faultsNamespace, "in-flight", "app")
+	req := e.publishRequest(pod, "secrets", "db", spCredentials(spClientID, spSecret), "")
+	mkTargetParent(t, req.TargetPath)
+
+	// In flight for well under the grace period, longer than a quick
+	// shutdown would wait.
+	const inFlight = 12 * time.Second
+	require.NoError(t, e.emu.InjectEntraFault(emulator.Fault{Latency: inFlight, Count: 1}))
+	done := make(chan error, 1)
+	go func() {
+		_, err := e.node.NodePublishVolume(callCtx(t), req)
+		done <- err
+	}()
+	// The SDK asks the vault for its challenge before it asks Entra ID
+	// for a token: once the vault has answered, the publish is in flight.
+	require.Eventually(t, func() bool {
+		return e.emu.CountRequests(emulator.RequestFilter{Service: emulator.ServiceKeyVault}) > 0
+	}, 10*time.Second, 10*time.Millisecond, "the publish never reached Key Vault")
+
+	sent := time.Now()
+	require.NoError(t, e.proc.Process.Signal(syscall.SIGTERM))
+	select {
+	case <-e.exited:
+	case <-time.After(podGracePeriod + 10*time.Second):
+		t.Fatal("kvdriver did not exit")
+	}
+	exited := time.Since(sent)
+	assert.NoError(t, e.exitErr, "kvdriver exit")
+	assert.Less(t, exited, podGracePeriod, "kvdriver outlived the termination grace period")
+	err := <-done
+	t.Logf("in-flight publish: %v; kvdriver exited %v after SIGTERM", err, exited)
+	require.NoError(t, err, "the publish in flight at SIGTERM did not complete")
+	assert.Equal(t, map[string]string{"db": "db-value-1"}, volumeFiles(t, req.TargetPath))
+}
