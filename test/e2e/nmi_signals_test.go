@@ -103,8 +103,19 @@ func TestFaultNMISIGKILL(t *testing.T) {
 		<-nmi.done
 		nmi.stopped = true
 		assert.Contains(t, iptablesRules(t, "nat"), "KVNODE-NMI", "kill %d: the rules went with nmi", i+1)
-		// The stream meets no nmi for a moment.
-		time.Sleep(300 * time.Millisecond)
+		// With no nmi, each pod's connection to the metadata address is
+		// refused at once: the kept rule sends it to nmi's closed port.
+		// Without the rule it would leave for the node's IMDS (here: go
+		// unanswered until the dial times out).
+		for _, p := range pods {
+			dctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+			c, err := dialIn(dctx, netnsOf(t, p.netns), "tcp4", "169.254.169.254:80", nil)
+			cancel()
+			if c != nil {
+				c.Close()
+			}
+			assert.ErrorIs(t, err, syscall.ECONNREFUSED, "kill %d: %s's connection with no nmi running", i+1, p.name)
+		}
 		restarted := time.Now()
 		nmi.launch(t)
 		require.Eventually(t, func() bool { return served(restarted) }, restartBudget, 10*time.Millisecond,
