@@ -39,7 +39,8 @@ const (
 	KindUnavailable
 	// KindAuthentication: the credential could not get a token (Entra ID
 	// refused it, or the identity endpoint failed), or Key Vault refused the
-	// token (401). (Unauthenticated or PermissionDenied)
+	// token (401). Entra ID answering 429 or 5xx is KindThrottled or
+	// KindUnavailable. (Unauthenticated or PermissionDenied)
 	KindAuthentication
 	// KindConversion: the object was fetched but cannot be written as asked:
 	// a value that is not valid base64 or hex, an unsupported key type, a PFX
@@ -152,6 +153,16 @@ func classifyCause(err error) Kind {
 	}
 	var af *azidentity.AuthenticationFailedError
 	if errors.As(err, &af) {
+		// azidentity reports Entra ID throttling or failing as an
+		// authentication failure too: an outage, not a refused credential.
+		if af.RawResponse != nil {
+			switch s := af.RawResponse.StatusCode; {
+			case s == http.StatusTooManyRequests:
+				return KindThrottled
+			case s >= 500:
+				return KindUnavailable
+			}
+		}
 		return KindAuthentication
 	}
 	// A credential of our own (pod identity through nmi) says so itself.
