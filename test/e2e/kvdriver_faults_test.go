@@ -400,3 +400,29 @@ func TestFaultKVDriverSIGTERM(t *testing.T) {
 	require.NoError(t, err, "the publish in flight at SIGTERM did not complete")
 	assert.Equal(t, map[string]string{"db": "db-value-1"}, volumeFiles(t, req.TargetPath))
 }
+
+// TestFaultKVDriverEntraDown makes Entra ID answer 503 to kvdriver's token
+// request at a first publish: the publish fails with Unavailable (an
+// outage, not a refused credential) and leaves nothing mounted or written;
+// when Entra ID is back the same request mounts.
+func TestFaultKVDriverEntraDown(t *testing.T) {
+	e := startDriverEnv(t)
+	seedFaultsVault(t, e, map[string]string{"db": "db-value-1"})
+	require.NoError(t, e.cp.EnsureNamespace(callCtx(t), faultsNamespace))
+	e.createClass(t, faultsNamespace, "db", faultsClass("db"))
+	e.waitForClasses(t, faultsNamespace)
+	pod := e.createPod(t, faultsNamespace, "entra-down", "app")
+	req := e.publishRequest(pod, "secrets", "db", spCredentials(spClientID, spSecret), "")
+	mkTargetParent(t, req.TargetPath)
+
+	require.NoError(t, e.emu.InjectEntraFault(emulator.Fault{Status: http.StatusServiceUnavailable}))
+	defer e.emu.ClearEntraFaults()
+	_, err := e.node.NodePublishVolume(callCtx(t), req)
+	t.Logf("publish, Entra ID down: %v", err)
+	assert.Equal(t, codes.Unavailable, status.Code(err), "%v", err)
+	e.assertNothingPublished(t, pod, req.TargetPath, false)
+
+	e.emu.ClearEntraFaults()
+	publishOK(t, e, req)
+	assert.Equal(t, map[string]string{"db": "db-value-1"}, volumeFiles(t, req.TargetPath))
+}
