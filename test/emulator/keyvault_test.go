@@ -750,3 +750,31 @@ func TestCreateVaultValidation(t *testing.T) {
 	_, err = e.SetSecret("nope-vault", "s", "x", SecretOptions{})
 	assert.ErrorIs(t, err, ErrVaultNotFound)
 }
+
+// Key Vault faults apply to every vault, before authentication, for Count
+// requests or until cleared.
+func TestKeyVaultFaults(t *testing.T) {
+	env := newKVEnv(t)
+	require.NoError(t, env.e.Grant(kvTestVault, env.app.ObjectID))
+	_, err := env.e.SetSecret(kvTestVault, "s", "v", SecretOptions{})
+	require.NoError(t, err)
+	tok := env.token(t, env.app, "", time.Hour)
+	u := kvURL(kvTestVault, "/secrets/s/")
+
+	require.NoError(t, env.e.InjectVaultFault(Fault{Status: http.StatusServiceUnavailable, Count: 2}))
+	for _, token := range []string{"", tok} {
+		resp := env.get(t, u, token)
+		assert.Equal(t, http.StatusServiceUnavailable, resp.status)
+		code, _, _ := resp.errorCode(t)
+		assert.Equal(t, "ServiceUnavailable", code)
+	}
+	assert.Equal(t, http.StatusOK, env.get(t, u, tok).status, "the fault ends after Count requests")
+
+	require.NoError(t, env.e.InjectVaultFault(Fault{Status: http.StatusInternalServerError}))
+	assert.Equal(t, http.StatusInternalServerError, env.get(t, u, tok).status)
+	assert.Equal(t, http.StatusInternalServerError, env.get(t, u, tok).status)
+	env.e.ClearVaultFaults()
+	assert.Equal(t, http.StatusOK, env.get(t, u, tok).status)
+
+	assert.Error(t, env.e.InjectVaultFault(Fault{}))
+}
