@@ -239,7 +239,7 @@ func (s *NodeServer) publish(ctx context.Context, req *csipb.NodePublishVolumeRe
 		msg := requestScrubber(req).String(status.Convert(err).Message())
 		logger.Error(nil, "Rotation failed; the volume keeps its files", "code", status.Code(err), "message", msg)
 		if s.opts.Events != nil {
-			s.opts.Events.PodWarning(ref, ReasonRotationFailed, "Rotation of SecretProviderClass "+className+" failed; the files are unchanged: "+msg)
+			s.opts.Events.PodWarning(ref, ReasonRotationFailed, "Rotation of SecretProviderClass "+className+" failed ("+status.Code(err).String()+"); the files are unchanged: "+msg)
 		}
 		return nil
 	}
