@@ -26,7 +26,10 @@
 //   - A published payload directory is immutable: files are never rewritten in
 //     place, only whole directories are retired (deleted) after a switch.
 //   - Opening one file through its top-level symlink yields the complete
-//     contents of that file from some generation, never a torn file.
+//     contents of that file from some generation, never a torn file; on a
+//     busy machine it can fail with ENOENT when the generation its lookup
+//     passed through is retired before the lookup ends (kubelet's layout
+//     has the same window), and a retry succeeds.
 //   - Opening several files through their top-level symlinks one after the
 //     other can mix generations: every open resolves "..data" anew, and a switch
 //     can land between two opens. The layout does not prevent that.
