@@ -26,10 +26,20 @@ for t in "${targets[@]}"; do
 	pkg=${t% *}
 	name=${t#* }
 	log=$(mktemp)
+	corpus="$pkg/testdata/fuzz/$name"
+	before=$(ls "$corpus" 2>/dev/null | wc -l)
 	if ! $go test -run '^$' -fuzz "^${name}\$" -fuzztime "$fuzztime" "$pkg" >"$log" 2>&1; then
-		failed=1
-		echo "FAIL $pkg $name:" >&2
-		grep -v '^fuzz: elapsed' "$log" >&2 || true
+		after=$(ls "$corpus" 2>/dev/null | wc -l)
+		if [ "$after" = "$before" ] && grep -q 'context deadline exceeded' "$log"; then
+			# Go's fuzzer can report its own end as a failure when a worker
+			# is still inside a slow input (PKCS#12 key derivation) as
+			# -fuzztime runs out; no crasher was found or written.
+			echo "note: $pkg $name: the fuzzer's own deadline ended a slow input; no crasher" >&2
+		else
+			failed=1
+			echo "FAIL $pkg $name:" >&2
+			grep -v '^fuzz: elapsed' "$log" >&2 || true
+		fi
 	fi
 	last=$(grep -E '^fuzz: elapsed: .*execs: ' "$log" | tail -1 || true)
 	execs=$(sed -nE 's/.*execs: ([0-9]+).*/\1/p' <<<"$last")
