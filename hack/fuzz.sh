@@ -27,9 +27,9 @@ for t in "${targets[@]}"; do
 	name=${t#* }
 	log=$(mktemp)
 	corpus="$pkg/testdata/fuzz/$name"
-	before=$(ls "$corpus" 2>/dev/null | wc -l)
+	before=$( (ls "$corpus" 2>/dev/null || true) | wc -l)
 	if ! $go test -run '^$' -fuzz "^${name}\$" -fuzztime "$fuzztime" "$pkg" >"$log" 2>&1; then
-		after=$(ls "$corpus" 2>/dev/null | wc -l)
+		after=$( (ls "$corpus" 2>/dev/null || true) | wc -l)
 		if [ "$after" = "$before" ] && grep -q 'context deadline exceeded' "$log"; then
 			# Go's fuzzer can report its own end as a failure when a worker
 			# is still inside a slow input (PKCS#12 key derivation) as
