@@ -238,17 +238,10 @@ func (s *entraService) keys(w http.ResponseWriter, r *http.Request, c Cloud, ten
 // token answers POST /{tenant}/oauth2/v2.0/token for the client-credentials
 // grant.
 func (s *entraService) token(w http.ResponseWriter, r *http.Request, c Cloud, tenant string, rec *Request) int {
-	if r.Method != http.MethodPost {
-		return writeEntraError(w, r, c, http.StatusBadRequest, "invalid_request", 900561,
-			fmt.Sprintf("AADSTS900561: The endpoint only accepts POST, OPTIONS requests. Received a %s request.", r.Method))
+	form, status := tokenForm(w, r, c, rec)
+	if status != 0 {
+		return status
 	}
-	r.Body = http.MaxBytesReader(w, r.Body, 1<<20)
-	if err := r.ParseForm(); err != nil {
-		return writeEntraError(w, r, c, http.StatusBadRequest, "invalid_request", 900144,
-			"AADSTS900144: The request body must contain the following parameter: 'grant_type'.")
-	}
-	form := r.PostForm
-	rec.Identity = form.Get("client_id")
 	switch {
 	case form.Get("client_secret") != "":
 		rec.Grant = "client_secret"
@@ -589,4 +582,20 @@ func parseJWKS(doc []byte) (*issuerKeys, error) {
 		return nil, errors.New("parse JWKS: no RSA or EC signing key")
 	}
 	return out, nil
+}
+
+// tokenForm reads a token request's form as Entra ID does: POST only, at
+// most 1 MiB; a refusal is written and its status returned (0: go on).
+func tokenForm(w http.ResponseWriter, r *http.Request, c Cloud, rec *Request) (url.Values, int) {
+	if r.Method != http.MethodPost {
+		return nil, writeEntraError(w, r, c, http.StatusBadRequest, "invalid_request", 900561,
+			fmt.Sprintf("AADSTS900561: The endpoint only accepts POST, OPTIONS requests. Received a %s request.", r.Method))
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, 1<<20)
+	if err := r.ParseForm(); err != nil {
+		return nil, writeEntraError(w, r, c, http.StatusBadRequest, "invalid_request", 900144,
+			"AADSTS900144: The request body must contain the following parameter: 'grant_type'.")
+	}
+	rec.Identity = r.PostForm.Get("client_id")
+	return r.PostForm, 0
 }

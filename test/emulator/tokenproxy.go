@@ -147,17 +147,10 @@ func cloudByAuthority(host string) (Cloud, bool) {
 
 // token exchanges a binding-audience service-account token.
 func (s *tokenProxyService) token(w http.ResponseWriter, r *http.Request, c Cloud, tenant string, rec *Request) int {
-	if r.Method != http.MethodPost {
-		return writeEntraError(w, r, c, http.StatusBadRequest, "invalid_request", 900561,
-			fmt.Sprintf("AADSTS900561: The endpoint only accepts POST, OPTIONS requests. Received a %s request.", r.Method))
+	form, status := tokenForm(w, r, c, rec)
+	if status != 0 {
+		return status
 	}
-	r.Body = http.MaxBytesReader(w, r.Body, 1<<20)
-	if err := r.ParseForm(); err != nil {
-		return writeEntraError(w, r, c, http.StatusBadRequest, "invalid_request", 900144,
-			"AADSTS900144: The request body must contain the following parameter: 'grant_type'.")
-	}
-	form := r.PostForm
-	rec.Identity = form.Get("client_id")
 	for _, p := range []string{"grant_type", "client_id", "scope", "client_assertion_type", "client_assertion"} {
 		if form.Get(p) == "" {
 			return writeEntraError(w, r, c, http.StatusBadRequest, "invalid_request", 900144,
