@@ -100,7 +100,7 @@ func flexVolumeCall(args []string) flexvolume.Result {
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	// The process serves one call: an object cache could never be shared.
-	driver := flexvolume.NewDriver(kvdriver.NewPublisher(cfg.TmpfsSize, 0, cfg.NMIEndpoint, nil), flexvolume.Options{StrictParameters: cfg.StrictParameters})
+	driver := flexvolume.NewDriver(kvdriver.NewPublisher(kvdriver.PublisherOptions{TmpfsSize: cfg.TmpfsSize, NMIEndpoint: cfg.NMIEndpoint}), flexvolume.Options{StrictParameters: cfg.StrictParameters})
 	return driver.Run(klog.NewContext(ctx, logger), fs.Args())
 }
 

@@ -118,8 +118,9 @@ func pastChallenge(err error) bool {
 // clientCache keeps the SDK clients of the most recently used
 // (vault, identity) pairs, at most max of them.
 type clientCache struct {
-	opts azcore.ClientOptions
-	max  int
+	opts    azcore.ClientOptions
+	max     int
+	metrics *Metrics // nil: none
 
 	mu    sync.Mutex
 	order *list.List // of *cacheEntry, most recently used first
@@ -160,6 +161,7 @@ func (c *clientCache) get(key clientKey, cred azcore.TokenCredential) (*vaultCli
 		c.order.Remove(last)
 		delete(c.items, last.Value.(*cacheEntry).key)
 	}
+	c.metrics.clients(c.order.Len())
 	return vc, nil
 }
 

@@ -68,6 +68,9 @@ type Options struct {
 	// MaxCachedObjects bounds the object cache; default
 	// DefaultMaxCachedObjects.
 	MaxCachedObjects int
+	// Metrics, when not nil, counts requests, throttling and cache use
+	// (NewMetrics).
+	Metrics *Metrics
 }
 
 // DefaultMaxCachedObjects is the object cache's default bound.
@@ -81,6 +84,7 @@ type Fetcher struct {
 	parallel int
 	clients  *clientCache
 	objects  *objectCache // nil when Options.CacheTTL is zero
+	metrics  *Metrics
 }
 
 // NewFetcher returns a Fetcher.
@@ -94,14 +98,22 @@ func NewFetcher(opts Options) *Fetcher {
 	if opts.MaxClients <= 0 {
 		opts.MaxClients = DefaultMaxClients
 	}
-	// Every request, every retry, passes its vault's gate.
-	opts.ClientOptions.PerRetryPolicies = append(opts.ClientOptions.PerRetryPolicies, newVaultGates(opts.VaultBudget))
-	f := &Fetcher{parallel: opts.MaxParallel, clients: newClientCache(opts.ClientOptions, opts.MaxClients)}
+	// Every request, every retry, passes its vault's gate, then (closer to
+	// the wire) the counter of what is really sent.
+	gates := newVaultGates(opts.VaultBudget)
+	gates.metrics = opts.Metrics
+	opts.ClientOptions.PerRetryPolicies = append(slices.Clone(opts.ClientOptions.PerRetryPolicies), gates)
+	if opts.Metrics != nil {
+		opts.ClientOptions.PerRetryPolicies = append(opts.ClientOptions.PerRetryPolicies, requestCounter{opts.Metrics})
+	}
+	f := &Fetcher{parallel: opts.MaxParallel, clients: newClientCache(opts.ClientOptions, opts.MaxClients), metrics: opts.Metrics}
+	f.clients.metrics = opts.Metrics
 	if opts.CacheTTL > 0 {
 		if opts.MaxCachedObjects <= 0 {
 			opts.MaxCachedObjects = DefaultMaxCachedObjects
 		}
 		f.objects = newObjectCache(opts.CacheTTL, opts.MaxCachedObjects)
+		f.objects.metrics = opts.Metrics
 	}
 	return f
 }
@@ -274,7 +286,7 @@ func (f *Fetcher) Fetch(ctx context.Context, req Request) (*Result, error) {
 	if err != nil {
 		return nil, &Error{Kind: KindInvalid, Op: "fetch from vault", Vault: vault, Err: err}
 	}
-	s := &session{ctx: ctx, vault: vault, vc: vc, key: clientKey{vaultURL: vaultURL, identity: req.IdentityKey}}
+	s := &session{ctx: ctx, vault: vault, vc: vc, key: clientKey{vaultURL: vaultURL, identity: req.IdentityKey}, metrics: f.metrics}
 
 	// Phase 1: list the versions of each version history.
 	histories := make([][]string, len(req.Objects))
@@ -375,6 +387,8 @@ type session struct {
 	vc    *vaultClients
 	key   clientKey
 	raws  rawCalls
+	// metrics observes each object GET (nil: none).
+	metrics *Metrics
 }
 
 // fail wraps an error about obj.

@@ -200,10 +200,12 @@ func (r *rawCalls) get(ctx context.Context, s *session, obj *Object, version str
 	}
 	r.mu.Unlock()
 	if !ok {
+		start := time.Now()
 		c.raw, c.err = kindOf(obj.Type).get(ctx, s.vc, obj.Name, version)
 		if c.err != nil {
 			c.err = s.fail("fetch", obj, version, KindUnknown, c.err)
 		}
+		s.metrics.objectFetched(obj, c.err, time.Since(start))
 		close(c.done)
 	}
 	select {

@@ -30,6 +30,7 @@ type objectCache struct {
 	entries map[objectKey]*cachedObject
 
 	hits, misses atomic.Uint64
+	metrics      *Metrics // nil: none
 }
 
 // objectKey identifies one GET (or versions listing) and the conversion
@@ -81,10 +82,13 @@ func (c *objectCache) get(ctx context.Context, key objectKey, fetch func(context
 	c.mu.Unlock()
 	if ok && now.Before(e.expires) {
 		c.hits.Add(1)
+		c.metrics.cacheRead(true)
 		return e, nil
 	}
 	c.misses.Add(1)
+	c.metrics.cacheRead(false)
 	ch := c.group.DoChan(key.String(), func() (any, error) {
+		c.metrics.cacheFetched()
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), detachedFetchTimeout)
 		defer cancel()
 		e, err := fetch(fctx)
@@ -131,4 +135,5 @@ func (c *objectCache) store(key objectKey, e *cachedObject) {
 		}
 	}
 	c.entries[key] = e
+	c.metrics.cacheEntries(len(c.entries))
 }

@@ -30,9 +30,10 @@ const (
 // answered at once, from memory, instead of with more requests that make
 // its throttling last.
 type vaultGates struct {
-	budget float64 // requests per second
-	burst  int
-	now    func() time.Time
+	budget  float64 // requests per second
+	burst   int
+	now     func() time.Time
+	metrics *Metrics // counts the requests a paused vault is spared
 
 	mu    sync.Mutex
 	gates map[string]*vaultGate
@@ -89,6 +90,7 @@ func (v *vaultGates) Do(req *policy.Request) (*http.Response, error) {
 	wait := g.until.Sub(v.now())
 	v.mu.Unlock()
 	if wait > 0 {
+		v.metrics.throttledRequest(host)
 		return nil, &ThrottledError{Vault: vault, Wait: wait}
 	}
 	if err := g.limiter.Wait(req.Raw().Context()); err != nil {

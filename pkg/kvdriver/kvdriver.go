@@ -124,7 +124,9 @@ func New(cfg Config) (*Daemon, error) {
 
 	d.classes = csi.NewClassInformer(dyn, cfg.Resync)
 	d.statuses = csi.NewStatusRecorder(csi.NewPodStatusWriter(dyn), 100*time.Millisecond)
-	node := csi.NewNodeServer(cfg.NodeID, d.classes, NewPublisher(cfg.TmpfsSize, cfg.CacheTTL, cfg.NMIEndpoint, tokenProxy(cfg, restCfg)), d.statuses,
+	publisher := NewPublisher(PublisherOptions{TmpfsSize: cfg.TmpfsSize, CacheTTL: cfg.CacheTTL, NMIEndpoint: cfg.NMIEndpoint,
+		TokenProxy: tokenProxy(cfg, restCfg), Metrics: keyvault.NewMetrics(d.reg)})
+	node := csi.NewNodeServer(cfg.NodeID, d.classes, publisher, d.statuses,
 		csi.NodeServerOptions{StrictParameters: cfg.StrictParameters, Events: d.events, Secrets: secrets, Metrics: metrics,
 			Providers: d.providers, Rotation: cfg.Rotation})
 	ids := csi.NewIdentityServer(cfg.DriverName, version.Version, d.classes.HasSynced)
@@ -166,15 +168,29 @@ func (d *Daemon) Run(ctx context.Context) error {
 	return g.Wait()
 }
 
+// PublisherOptions configure NewPublisher.
+type PublisherOptions struct {
+	// TmpfsSize is each volume's tmpfs size limit.
+	TmpfsSize string
+	// CacheTTL shares fetched objects among the mounts of one identity for
+	// this long; 0 disables the object cache.
+	CacheTTL time.Duration
+	// NMIEndpoint serves usePodIdentity mounts' tokens.
+	NMIEndpoint string
+	// TokenProxy, when not nil, is the token proxy of identity-binding
+	// mounts.
+	TokenProxy *identity.TokenProxy
+	// Metrics, when not nil, counts Key Vault requests and cache use.
+	Metrics *keyvault.Metrics
+}
+
 // NewPublisher builds the publisher both front doors mount with: Key Vault
-// fetch and conversion (objects shared for cacheTTL; 0 disables),
-// credentials, and tmpfs mounts by system call. proxy, when not nil, is
-// the token proxy of identity-binding mounts.
-func NewPublisher(tmpfsSize string, cacheTTL time.Duration, nmiEndpoint string, proxy *identity.TokenProxy) *volume.Publisher {
+// fetch and conversion, credentials, and tmpfs mounts by system call.
+func NewPublisher(o PublisherOptions) *volume.Publisher {
 	return volume.NewPublisher(volume.NewMounter(),
-		keyvault.NewFetcher(keyvault.Options{CacheTTL: cacheTTL}),
-		identity.NewCredentials(identity.Options{NMIEndpoint: nmiEndpoint, TokenProxy: proxy}),
-		volume.Options{TmpfsSize: tmpfsSize})
+		keyvault.NewFetcher(keyvault.Options{CacheTTL: o.CacheTTL, Metrics: o.Metrics}),
+		identity.NewCredentials(identity.Options{NMIEndpoint: o.NMIEndpoint, TokenProxy: o.TokenProxy}),
+		volume.Options{TmpfsSize: o.TmpfsSize})
 }
 
 // metricsServer listens on addr and returns the function that serves

@@ -39,9 +39,14 @@ func TestKVDriverRotation(t *testing.T) {
 	pod := e.createPod(t, ns, "app", "app")
 	req := e.publishRequest(pod, "secrets", "rot", spCredentials(spClientID, spSecret), "")
 	mkTargetParent(t, req.TargetPath)
+	getsBefore := e.metric(t, "kvnode_keyvault_http_requests_total", map[string]string{"operation": "get_secret", "code": "200"})
 	_, err = e.node.NodePublishVolume(ctx, req)
 	require.NoError(t, err)
 	assertFiles(t, req.TargetPath, map[string]string{"rotating": "first value"}, nil)
+	// The Key Vault metrics: one GET sent, one object observed under
+	// upstream's keyvault_request.
+	assert.Equal(t, getsBefore+1, e.metric(t, "kvnode_keyvault_http_requests_total", map[string]string{"operation": "get_secret", "code": "200"}))
+	assert.Equal(t, float64(1), e.metric(t, "keyvault_request", map[string]string{"object_name": "rotating", "object_type": "secret", "error": ""}))
 	assert.Equal(t, v1, e.podStatus(t, ns, "app-rotation-rot")[0]["version"])
 
 	// Nothing changed: the republish fetches, rewrites nothing, tells no one.
