@@ -48,7 +48,7 @@ func (s *NodeServer) forward(ctx context.Context, req *csipb.NodePublishVolumeRe
 		return status.Errorf(codes.Internal, "%s: %v", what, err)
 	}
 	var versions []keyvault.ObjectVersion
-	res, err := s.publisher.PublishFrom(ctx, req.GetTargetPath(), func(ctx context.Context, _ string) (map[string]atomicwriter.File, error) {
+	res, err := s.publisher.PublishFrom(ctx, req.GetTargetPath(), pod.owner, func(ctx context.Context, _ string) (map[string]atomicwriter.File, error) {
 		r, err := s.opts.Providers.Mount(ctx, name, mountReq)
 		if err != nil {
 			return nil, err

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -22,6 +23,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2"
 
+	"github.com/kvnode/kvnode/pkg/atomicwriter"
 	"github.com/kvnode/kvnode/pkg/identity"
 	"github.com/kvnode/kvnode/pkg/keyvault"
 	"github.com/kvnode/kvnode/pkg/secretsync"
@@ -53,7 +55,7 @@ type ClassGetter interface {
 type Publisher interface {
 	Publish(ctx context.Context, req volume.Request) (*volume.Result, error)
 	// PublishFrom publishes the files another provider's plugin returns.
-	PublishFrom(ctx context.Context, target string, source volume.FileSource) (*volume.Result, error)
+	PublishFrom(ctx context.Context, target string, owner *atomicwriter.Owner, source volume.FileSource) (*volume.Result, error)
 	Unpublish(target string) error
 }
 
@@ -165,9 +167,16 @@ func (s *NodeServer) NodeGetInfo(context.Context, *csipb.NodeGetInfoRequest) (*c
 	return &csipb.NodeGetInfoResponse{NodeId: s.nodeID}, nil
 }
 
-// NodeGetCapabilities reports none: no staging, no stats, no expansion.
+// NodeGetCapabilities reports VOLUME_MOUNT_GROUP only (no staging, no
+// stats, no expansion): kubelet then hands the pod's fsGroup to
+// NodePublishVolume in volume_mount_group, and kvdriver gives the files to
+// that group at every write. Without it kubelet would leave a read-only
+// volume's ownership alone, and a file written at rotation would not be
+// the group's anyway.
 func (s *NodeServer) NodeGetCapabilities(context.Context, *csipb.NodeGetCapabilitiesRequest) (*csipb.NodeGetCapabilitiesResponse, error) {
-	return &csipb.NodeGetCapabilitiesResponse{}, nil
+	return &csipb.NodeGetCapabilitiesResponse{Capabilities: []*csipb.NodeServiceCapability{{
+		Type: &csipb.NodeServiceCapability_Rpc{Rpc: &csipb.NodeServiceCapability_RPC{Type: csipb.NodeServiceCapability_RPC_VOLUME_MOUNT_GROUP}},
+	}}}, nil
 }
 
 // NodePublishVolume mounts the pod's Key Vault objects at the target path,
@@ -192,6 +201,9 @@ func (s *NodeServer) publish(ctx context.Context, req *csipb.NodePublishVolumeRe
 	}
 	pod, err := podFromContext(req.GetVolumeContext())
 	if err != nil {
+		return err
+	}
+	if pod.owner, err = mountGroup(req); err != nil {
 		return err
 	}
 	release, err := s.lock(req.GetTargetPath())
@@ -299,6 +311,7 @@ func (s *NodeServer) publishAzure(ctx context.Context, req *csipb.NodePublishVol
 		VaultURL:   cfg.VaultURL(),
 		Objects:    cfg.Objects,
 		Identity:   idReq,
+		Owner:      pod.owner,
 		// Mistakes only the fetched objects show (objectFormat pfx on a
 		// secret that is no PFX) are refused before anything is mounted.
 		RefuseWarnings: s.opts.StrictParameters,
@@ -439,6 +452,22 @@ func validatePublish(req *csipb.NodePublishVolumeRequest) error {
 
 type podInfo struct {
 	name, namespace, uid, serviceAccount string
+	// owner gives the volume to the pod's fsGroup; nil when it has none.
+	owner *atomicwriter.Owner
+}
+
+// mountGroup reads the pod's fsGroup, which kubelet passes in
+// volume_mount_group (this driver has VOLUME_MOUNT_GROUP), as a group ID.
+func mountGroup(req *csipb.NodePublishVolumeRequest) (*atomicwriter.Owner, error) {
+	v := req.GetVolumeCapability().GetMount().GetVolumeMountGroup()
+	if v == "" {
+		return nil, nil
+	}
+	gid, err := strconv.ParseUint(v, 10, 31)
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "volume_capability.mount.volume_mount_group %q is not a group ID (a decimal number from 0 to %d)", v, math.MaxInt32)
+	}
+	return &atomicwriter.Owner{UID: -1, GID: int(gid)}, nil
 }
 
 func podFromContext(vc map[string]string) (podInfo, error) {

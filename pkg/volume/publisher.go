@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
@@ -126,7 +127,7 @@ func (p *Publisher) Publish(ctx context.Context, req Request) (*Result, error) {
 		res.Files[f.Path] = f.Content
 	}
 
-	created, err := p.ensureMount(req.TargetPath, res)
+	created, err := p.ensureMount(req.TargetPath, req.Owner, res)
 	if err != nil {
 		return nil, err
 	}
@@ -149,12 +150,13 @@ type FileSource func(ctx context.Context, target string) (map[string]atomicwrite
 // source and writes what source returns. If source or the write fails,
 // what this call mounted is unmounted and a target directory it created
 // removed; on a republish the files already there are left as they were.
-func (p *Publisher) PublishFrom(ctx context.Context, target string, source FileSource) (*Result, error) {
+// owner, when not nil, owns the files (fsGroup), as with Request.Owner.
+func (p *Publisher) PublishFrom(ctx context.Context, target string, owner *atomicwriter.Owner, source FileSource) (*Result, error) {
 	if target == "" {
 		return nil, errors.New("target path is empty")
 	}
 	res := &Result{}
-	created, err := p.ensureMount(target, res)
+	created, err := p.ensureMount(target, owner, res)
 	if err != nil {
 		return nil, err
 	}
@@ -167,7 +169,7 @@ func (p *Publisher) PublishFrom(ctx context.Context, target string, source FileS
 	for path, f := range files {
 		res.Files[path] = f.Data
 	}
-	res.Changed, err = atomicwriter.Write(target, files, atomicwriter.Options{})
+	res.Changed, err = atomicwriter.Write(target, files, atomicwriter.Options{Owner: owner})
 	if err != nil {
 		p.rollback(target, res.Mounted, created)
 		return nil, fmt.Errorf("write files to %s: %w", target, err)
@@ -176,8 +178,10 @@ func (p *Publisher) PublishFrom(ctx context.Context, target string, source FileS
 }
 
 // ensureMount creates the target directory if needed and mounts a tmpfs on
-// it unless one is there. It reports whether it created the directory.
-func (p *Publisher) ensureMount(target string, res *Result) (created bool, err error) {
+// it unless one is there; with an owner, the tmpfs root belongs to the
+// owner's group too, so the volume is the fsGroup's from its root down.
+// It reports whether it created the directory.
+func (p *Publisher) ensureMount(target string, owner *atomicwriter.Owner, res *Result) (created bool, err error) {
 	switch _, err := os.Stat(target); {
 	case errors.Is(err, os.ErrNotExist):
 		if err := os.Mkdir(target, 0o750); err != nil {
@@ -196,6 +200,9 @@ func (p *Publisher) ensureMount(target string, res *Result) (created bool, err e
 		return created, nil
 	}
 	opts := []string{"nosuid", "nodev", "noexec", "mode=0755", "size=" + p.opts.TmpfsSize}
+	if owner != nil && owner.GID >= 0 {
+		opts = append(opts, "gid="+strconv.Itoa(owner.GID))
+	}
 	if err := p.mounter.Mount("tmpfs", target, "tmpfs", opts); err != nil {
 		p.rollback(target, false, created)
 		return false, err

@@ -24,7 +24,7 @@ func TestPublishFromMountsFirstAndRollsBack(t *testing.T) {
 	refused := errors.New("the plugin refused")
 
 	for run := range 2 { // a failed first publish leaves nothing, twice
-		_, err := p.PublishFrom(ctx(t), target, func(_ context.Context, dir string) (map[string]atomicwriter.File, error) {
+		_, err := p.PublishFrom(ctx(t), target, nil, func(_ context.Context, dir string) (map[string]atomicwriter.File, error) {
 			assert.True(t, isTmpfs(t, dir), "the plugin runs with the tmpfs mounted")
 			return nil, refused
 		})
@@ -34,7 +34,7 @@ func TestPublishFromMountsFirstAndRollsBack(t *testing.T) {
 
 	files := map[string]atomicwriter.File{"db/password": {Data: []byte("pw"), Mode: 0o600}, "ca.crt": {Data: []byte("ca")}}
 	for run := range 2 {
-		res, err := p.PublishFrom(ctx(t), target, func(context.Context, string) (map[string]atomicwriter.File, error) { return files, nil })
+		res, err := p.PublishFrom(ctx(t), target, nil, func(context.Context, string) (map[string]atomicwriter.File, error) { return files, nil })
 		require.NoError(t, err)
 		assert.Equal(t, run == 0, res.Mounted, "run %d", run)
 		assert.Equal(t, run == 0, res.Changed, "run %d", run)
@@ -46,7 +46,7 @@ func TestPublishFromMountsFirstAndRollsBack(t *testing.T) {
 	assert.Equal(t, "pw", string(b))
 
 	// A failed republish keeps the volume and its files.
-	_, err = p.PublishFrom(ctx(t), target, func(context.Context, string) (map[string]atomicwriter.File, error) { return nil, refused })
+	_, err = p.PublishFrom(ctx(t), target, nil, func(context.Context, string) (map[string]atomicwriter.File, error) { return nil, refused })
 	require.ErrorIs(t, err, refused)
 	assert.True(t, isTmpfs(t, target))
 	b, err = os.ReadFile(filepath.Join(target, "ca.crt"))
@@ -56,7 +56,7 @@ func TestPublishFromMountsFirstAndRollsBack(t *testing.T) {
 	// A payload the writer refuses (a file that is also a directory) is
 	// rolled back like a refusal.
 	other := filepath.Join(filepath.Dir(target), "mount2")
-	_, err = p.PublishFrom(ctx(t), other, func(context.Context, string) (map[string]atomicwriter.File, error) {
+	_, err = p.PublishFrom(ctx(t), other, nil, func(context.Context, string) (map[string]atomicwriter.File, error) {
 		return map[string]atomicwriter.File{"a": {}, "a/b": {}}, nil
 	})
 	require.ErrorIs(t, err, atomicwriter.ErrInvalidPayload)

@@ -25,6 +25,7 @@ import (
 
 	"github.com/kvnode/kvnode/pkg/spc"
 	"github.com/kvnode/kvnode/test/emulator"
+	"github.com/kvnode/kvnode/test/kubelet"
 )
 
 // The vaults and identities of the bad-input table.
@@ -151,6 +152,12 @@ func badInputCases() []badInput {
 		}, code: codes.InvalidArgument, message: []string{"volume_capability", "only mount volumes are supported, not block"}},
 		{name: "readonly false", edit: func(r *csipb.NodePublishVolumeRequest) { r.Readonly = false },
 			code: codes.InvalidArgument, message: []string{"readOnly must be true"}},
+		{name: "volume_mount_group not a number", edit: func(r *csipb.NodePublishVolumeRequest) { kubelet.SetFSGroup(r, "wheel") },
+			code: codes.InvalidArgument, message: []string{`volume_mount_group "wheel" is not a group ID`}},
+		{name: "volume_mount_group negative", edit: func(r *csipb.NodePublishVolumeRequest) { kubelet.SetFSGroup(r, "-1") },
+			code: codes.InvalidArgument, message: []string{`volume_mount_group "-1" is not a group ID`}},
+		{name: "volume_mount_group too large", edit: func(r *csipb.NodePublishVolumeRequest) { kubelet.SetFSGroup(r, "4294967296") },
+			code: codes.InvalidArgument, message: []string{`volume_mount_group "4294967296" is not a group ID`}},
 		{name: "missing secretProviderClass attribute", edit: dropAttr("secretProviderClass"),
 			code: codes.InvalidArgument, message: []string{"volume attribute secretProviderClass is required"}},
 		{name: "missing pod.name attribute", edit: dropAttr("csi.storage.k8s.io/pod.name"),

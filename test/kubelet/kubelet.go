@@ -52,6 +52,13 @@ func PublishRequest(root string, pod *corev1.Pod, volume, class string, secrets 
 	return req
 }
 
+// SetFSGroup passes the pod's fsGroup as kubelet does to a driver with the
+// VOLUME_MOUNT_GROUP node capability: in the mount capability's
+// volume_mount_group, as a decimal string.
+func SetFSGroup(req *csipb.NodePublishVolumeRequest, gid string) {
+	req.GetVolumeCapability().GetMount().VolumeMountGroup = gid
+}
+
 // SetTokens puts tokens into req's volume context as kubelet does, each
 // valid for an hour, replacing any there.
 func SetTokens(req *csipb.NodePublishVolumeRequest, tokens Tokens) {
