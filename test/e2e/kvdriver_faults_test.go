@@ -1,12 +1,15 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -61,18 +64,30 @@ func faultsClass(names ...string) map[string]string {
 // (not atomicwriter's ".." entries), through their links.
 func volumeFiles(t *testing.T, target string) map[string]string {
 	t.Helper()
-	entries, err := os.ReadDir(target)
+	files, err := readVolume(target)
 	require.NoError(t, err)
+	return files
+}
+
+// readVolume is volumeFiles for any goroutine: it returns the first
+// error instead of failing the test.
+func readVolume(target string) (map[string]string, error) {
+	entries, err := os.ReadDir(target)
+	if err != nil {
+		return nil, err
+	}
 	files := map[string]string{}
 	for _, de := range entries {
 		if strings.HasPrefix(de.Name(), "..") {
 			continue
 		}
 		b, err := os.ReadFile(filepath.Join(target, de.Name()))
-		require.NoError(t, err, "a visible name that does not resolve to a file")
+		if err != nil {
+			return nil, fmt.Errorf("a visible name that does not resolve to a file: %w", err)
+		}
 		files[de.Name()] = string(b)
 	}
-	return files
+	return files, nil
 }
 
 // publishOK publishes req and requires success.
@@ -430,4 +445,206 @@ func TestFaultKVDriverEntraDown(t *testing.T) {
 	e.emu.ClearEntraFaults()
 	publishOK(t, e, req)
 	assert.Equal(t, map[string]string{"db": "db-value-1"}, volumeFiles(t, req.TargetPath))
+}
+
+// TestFaultKVDriverRotationUnderFaults rotates mounted volumes while Key
+// Vault or Entra ID misbehaves: a 429 storm, 500s, answers slower than
+// kubelet waits, Entra ID down. Throughout, a reader plays the pods: every
+// read of every volume finds all its files, each one whole (never empty,
+// never partial), and between rotations every volume holds one version of
+// everything. A republish during the fault keeps
+// the files, answers kubelet, and tells the pod with a Warning event, or,
+// where kvdriver needs nothing from the failing service (a token still
+// valid while Entra ID is down), rotates; once the fault ends, the next
+// rotation brings every volume to the new versions.
+func TestFaultKVDriverRotationUnderFaults(t *testing.T) {
+	const n, pods = 3, 4
+	e := startDriverEnv(t)
+	seedFaultsVault(t, e, rotationSecrets(n, 1))
+	ctx := callCtx(t)
+	require.NoError(t, e.cp.EnsureNamespace(ctx, faultsNamespace))
+	names := make([]string, n)
+	for i := range n {
+		names[i] = fmt.Sprintf("s%02d", i)
+	}
+	e.createClass(t, faultsNamespace, "rotating", faultsClass(names...))
+	e.waitForClasses(t, faultsNamespace)
+	creds := spCredentials(spClientID, spSecret)
+	var reqs []*csipb.NodePublishVolumeRequest
+	var owners []*corev1.Pod
+	for i := range pods {
+		pod := e.createPod(t, faultsNamespace, fmt.Sprintf("rot-%d", i), "app")
+		req := e.publishRequest(pod, "secrets", "rotating", creds, "")
+		mkTargetParent(t, req.TargetPath)
+		publishOK(t, e, req)
+		reqs = append(reqs, req)
+		owners = append(owners, pod)
+	}
+
+	// The pods read their files all along.
+	var reads atomic.Int64
+	stop := make(chan struct{})
+	readerDone := make(chan error, 1)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				readerDone <- nil
+				return
+			default:
+			}
+			for _, r := range reqs {
+				if err := completeFiles(r.TargetPath, n); err != nil {
+					readerDone <- fmt.Errorf("%s: %w", r.TargetPath, err)
+					return
+				}
+				reads.Add(1)
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-stop:
+		default:
+			close(stop)
+		}
+	})
+
+	// rotateAll republishes every volume at once, as kubelet does, each
+	// call bounded by timeout, and returns the calls' codes.
+	rotateAll := func(timeout time.Duration) []codes.Code {
+		out := make([]codes.Code, len(reqs))
+		var wg sync.WaitGroup
+		for i, r := range reqs {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				cctx, cancel := context.WithTimeout(context.Background(), timeout)
+				defer cancel()
+				_, err := e.node.NodePublishVolume(cctx, r)
+				out[i] = status.Code(err)
+			}()
+		}
+		wg.Wait()
+		return out
+	}
+	generations := func() []int {
+		out := make([]int, len(reqs))
+		for i, r := range reqs {
+			g, err := generationOf(volumeFiles(t, r.TargetPath), n)
+			require.NoError(t, err)
+			out[i] = g
+		}
+		return out
+	}
+	same := func(g int) []int {
+		out := make([]int, len(reqs))
+		for i := range out {
+			out[i] = g
+		}
+		return out
+	}
+
+	gen := 1
+	faults := []struct {
+		name string
+		// inject starts the fault; it returns the function that ends it.
+		inject func() (end func())
+		// timeout is how long kubelet waits for each republish.
+		timeout time.Duration
+		// rotates: the republish during the fault still rotates.
+		rotates bool
+	}{
+		{name: "429 storm", timeout: time.Minute, inject: func() func() {
+			// One request per 3 s for the vault: the republishes of the
+			// storm get 429 with Retry-After.
+			require.NoError(t, e.emu.SetThrottle(faultsVault, 1, 3*time.Second))
+			return func() {
+				require.NoError(t, e.emu.SetThrottle(faultsVault, 0, 0))
+				time.Sleep(4 * time.Second) // the Retry-After kvdriver honours
+			}
+		}},
+		{name: "500s", timeout: time.Minute, inject: func() func() {
+			require.NoError(t, e.emu.InjectVaultFault(emulator.Fault{Status: http.StatusInternalServerError}))
+			return e.emu.ClearVaultFaults
+		}},
+		{name: "slower than kubelet waits", timeout: 2 * time.Second, inject: func() func() {
+			require.NoError(t, e.emu.InjectVaultFault(emulator.Fault{Latency: 30 * time.Second}))
+			return e.emu.ClearVaultFaults
+		}},
+		{name: "Entra ID down, token valid", timeout: time.Minute, rotates: true, inject: func() func() {
+			require.NoError(t, e.emu.InjectEntraFault(emulator.Fault{Status: http.StatusServiceUnavailable}))
+			return e.emu.ClearEntraFaults
+		}},
+	}
+	for _, f := range faults {
+		gen++
+		setSecrets(t, e, rotationSecrets(n, gen))
+		time.Sleep(2 * driverCacheTTL)
+		warnedBefore := make([]int, len(owners))
+		for i, pod := range owners {
+			warnedBefore[i] = len(warningEvents(t, e, pod))
+		}
+		e.emu.ResetRequests()
+		end := f.inject()
+		codesDuring := rotateAll(f.timeout)
+		during := generations()
+		kvDuring := e.emu.CountRequests(emulator.RequestFilter{Service: emulator.ServiceKeyVault})
+		entraDuring := e.emu.CountRequests(emulator.RequestFilter{Service: emulator.ServiceEntra})
+		end()
+		t.Logf("%s: republish codes %v, generations %v, Key Vault requests %d, Entra ID requests %d",
+			f.name, codesDuring, during, kvDuring, entraDuring)
+		if f.rotates {
+			assert.Equal(t, same(gen), during, "%s: the rotation needed nothing from the failing service", f.name)
+			assert.Zero(t, entraDuring, "%s: a valid token is not requested again", f.name)
+		} else {
+			assert.Equal(t, same(gen-1), during, "%s: a failed rotation changed files", f.name)
+			for i, c := range codesDuring {
+				// A failed rotation answers kubelet with success, as
+				// upstream does, and tells the pod; one kubelet gave up
+				// on is told too, but its answer went nowhere.
+				assert.Contains(t, []codes.Code{codes.OK, codes.DeadlineExceeded}, c, "%s", f.name)
+				if c == codes.OK {
+					assert.Eventually(t, func() bool { return len(warningEvents(t, e, owners[i])) > warnedBefore[i] },
+						10*time.Second, 100*time.Millisecond, "%s: pod %s was not told its rotation failed", f.name, owners[i].Name)
+				}
+			}
+		}
+
+		// Fault over: the next rotation rotates every volume.
+		require.Eventually(t, func() bool {
+			for _, c := range rotateAll(time.Minute) {
+				if c != codes.OK {
+					return false
+				}
+			}
+			g := generations()
+			return assert.ObjectsAreEqual(same(gen), g)
+		}, 30*time.Second, 500*time.Millisecond, "%s: the rotation after the fault did not bring the new files", f.name)
+	}
+	close(stop)
+	require.NoError(t, <-readerDone, "a pod saw a broken volume")
+	t.Logf("%d reads of %d volumes, every file there and whole", reads.Load(), pods)
+	assert.Positive(t, reads.Load())
+}
+
+// completeFiles checks what a pod reading the volume at target file by
+// file sees: the n names, each file whole, of some generation. (Files read
+// one after another across a rotation may be of two generations; each is
+// complete. The test checks whole sets between the rotations.)
+func completeFiles(target string, n int) error {
+	files, err := readVolume(target)
+	if err != nil {
+		return err
+	}
+	if len(files) != n {
+		return fmt.Errorf("%d files, want %d", len(files), n)
+	}
+	for name, v := range files {
+		var g int
+		if _, err := fmt.Sscanf(v, "gen-%d-", &g); err != nil || rotationSecrets(n, g)[name] != v {
+			return fmt.Errorf("%s holds %d bytes, not a whole generation's value", name, len(v))
+		}
+	}
+	return nil
 }
