@@ -155,13 +155,18 @@ func classifyCause(err error) Kind {
 	if errors.As(err, &af) {
 		// azidentity reports Entra ID throttling or failing as an
 		// authentication failure too: an outage, not a refused credential.
-		if af.RawResponse != nil {
-			switch s := af.RawResponse.StatusCode; {
-			case s == http.StatusTooManyRequests:
-				return KindThrottled
-			case s >= 500:
-				return KindUnavailable
-			}
+		// Without a response Entra ID never answered (connection refused,
+		// reset, DNS, TLS, a timeout): azidentity keeps only the message of
+		// the transport's error, so the missing response is what says so.
+		// A refusal always comes with Entra ID's answer.
+		if af.RawResponse == nil {
+			return KindUnavailable
+		}
+		switch s := af.RawResponse.StatusCode; {
+		case s == http.StatusTooManyRequests:
+			return KindThrottled
+		case s >= 500:
+			return KindUnavailable
 		}
 		return KindAuthentication
 	}

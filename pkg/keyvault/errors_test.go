@@ -29,7 +29,7 @@ func TestClassify(t *testing.T) {
 		{"408", status(http.StatusRequestTimeout), KindUnavailable},
 		{"401", status(http.StatusUnauthorized), KindAuthentication},
 		{"400", status(http.StatusBadRequest), KindInvalid},
-		{"authentication failed", fmt.Errorf("x: %w", &azidentity.AuthenticationFailedError{}), KindAuthentication},
+		{"Entra ID never answered", fmt.Errorf("x: %w", &azidentity.AuthenticationFailedError{}), KindUnavailable},
 		{"Entra ID refused", fmt.Errorf("x: %w", &azidentity.AuthenticationFailedError{RawResponse: &http.Response{StatusCode: http.StatusUnauthorized}}), KindAuthentication},
 		{"Entra ID throttling", fmt.Errorf("x: %w", &azidentity.AuthenticationFailedError{RawResponse: &http.Response{StatusCode: http.StatusTooManyRequests}}), KindThrottled},
 		{"Entra ID down", fmt.Errorf("x: %w", &azidentity.AuthenticationFailedError{RawResponse: &http.Response{StatusCode: http.StatusServiceUnavailable}}), KindUnavailable},

@@ -421,30 +421,38 @@ func TestFaultKVDriverSIGTERM(t *testing.T) {
 	assert.Equal(t, map[string]string{"db": "db-value-1"}, volumeFiles(t, req.TargetPath))
 }
 
-// TestFaultKVDriverEntraDown makes Entra ID answer 503 to kvdriver's token
-// request at a first publish: the publish fails with Unavailable (an
-// outage, not a refused credential) and leaves nothing mounted or written;
-// when Entra ID is back the same request mounts.
+// TestFaultKVDriverEntraDown makes Entra ID fail kvdriver's token request
+// at a first publish, answering 503 or not answering at all (the
+// connection broken, as when it is unreachable): the publish fails with
+// Unavailable (an outage, not a refused credential) and leaves nothing
+// mounted or written; when Entra ID is back the same request mounts.
 func TestFaultKVDriverEntraDown(t *testing.T) {
 	e := startDriverEnv(t)
 	seedFaultsVault(t, e, map[string]string{"db": "db-value-1"})
 	require.NoError(t, e.cp.EnsureNamespace(callCtx(t), faultsNamespace))
 	e.createClass(t, faultsNamespace, "db", faultsClass("db"))
 	e.waitForClasses(t, faultsNamespace)
-	pod := e.createPod(t, faultsNamespace, "entra-down", "app")
-	req := e.publishRequest(pod, "secrets", "db", spCredentials(spClientID, spSecret), "")
-	mkTargetParent(t, req.TargetPath)
+	for i, f := range []emulator.Fault{{Status: http.StatusServiceUnavailable}, {Drop: true}} {
+		// A new service principal each time: kvdriver holds no token for it.
+		clientID := fmt.Sprintf("5a1e0000-0000-4000-8000-00000000000%d", i)
+		sp, err := e.emu.AddApplication(emulator.Principal{TenantID: e2eTenant, ClientID: clientID, Secret: spSecret})
+		require.NoError(t, err)
+		require.NoError(t, e.emu.Grant(faultsVault, sp.ObjectID))
+		pod := e.createPod(t, faultsNamespace, fmt.Sprintf("entra-down-%d", i), "app")
+		req := e.publishRequest(pod, "secrets", "db", spCredentials(clientID, spSecret), "")
+		mkTargetParent(t, req.TargetPath)
 
-	require.NoError(t, e.emu.InjectEntraFault(emulator.Fault{Status: http.StatusServiceUnavailable}))
-	defer e.emu.ClearEntraFaults()
-	_, err := e.node.NodePublishVolume(callCtx(t), req)
-	t.Logf("publish, Entra ID down: %v", err)
-	assert.Equal(t, codes.Unavailable, status.Code(err), "%v", err)
-	e.assertNothingPublished(t, pod, req.TargetPath, false)
+		require.NoError(t, e.emu.InjectEntraFault(f))
+		_, err = e.node.NodePublishVolume(callCtx(t), req)
+		e.emu.ClearEntraFaults()
+		t.Logf("publish, Entra ID down (%+v): %v", f, err)
+		assert.Equal(t, codes.Unavailable, status.Code(err), "%+v: %v", f, err)
+		assert.NotContains(t, fmt.Sprint(err), spSecret)
+		e.assertNothingPublished(t, pod, req.TargetPath, false)
 
-	e.emu.ClearEntraFaults()
-	publishOK(t, e, req)
-	assert.Equal(t, map[string]string{"db": "db-value-1"}, volumeFiles(t, req.TargetPath))
+		publishOK(t, e, req)
+		assert.Equal(t, map[string]string{"db": "db-value-1"}, volumeFiles(t, req.TargetPath))
+	}
 }
 
 // TestFaultKVDriverRotationUnderFaults rotates mounted volumes while Key

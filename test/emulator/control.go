@@ -39,10 +39,12 @@ import (
 //	POST   /control/vaults/{vault}/grants             GrantConfig
 //	POST   /control/vaults/{vault}/disable            {"kind","name","version"}
 //	PUT    /control/vaults/{vault}/throttle           ThrottleConfig
-//	POST   /control/imds/faults                       {"status","count","latency"}
+//	POST   /control/imds/faults                       {"status","count","latency","drop"}
 //	DELETE /control/imds/faults
-//	POST   /control/entra/faults                      {"status","count","latency"}
+//	POST   /control/entra/faults                      {"status","count","latency","drop"}
 //	DELETE /control/entra/faults
+//	POST   /control/keyvault/faults                   {"status","count","latency","drop"} (every vault)
+//	DELETE /control/keyvault/faults
 //	GET    /control/requests?service=&vault=&object=&identity=&method=&status=&since=
 //	DELETE /control/requests
 
@@ -74,10 +76,12 @@ func controlRoutes() []controlRoute {
 		{"POST /control/vaults/{vault}/grants", (*Emulator).controlGrant},
 		{"POST /control/vaults/{vault}/disable", (*Emulator).controlDisable},
 		{"PUT /control/vaults/{vault}/throttle", (*Emulator).controlThrottle},
-		{"POST /control/imds/faults", (*Emulator).controlInjectIMDSFault},
-		{"DELETE /control/imds/faults", (*Emulator).controlClearIMDSFaults},
-		{"POST /control/entra/faults", (*Emulator).controlInjectEntraFault},
-		{"DELETE /control/entra/faults", (*Emulator).controlClearEntraFaults},
+		{"POST /control/imds/faults", injectFault((*Emulator).InjectIMDSFault)},
+		{"DELETE /control/imds/faults", clearFaults((*Emulator).ClearIMDSFaults)},
+		{"POST /control/entra/faults", injectFault((*Emulator).InjectEntraFault)},
+		{"DELETE /control/entra/faults", clearFaults((*Emulator).ClearEntraFaults)},
+		{"POST /control/keyvault/faults", injectFault((*Emulator).InjectVaultFault)},
+		{"DELETE /control/keyvault/faults", clearFaults((*Emulator).ClearVaultFaults)},
 		{"GET /control/requests", (*Emulator).controlRequests},
 		{"DELETE /control/requests", (*Emulator).controlResetRequests},
 	}
@@ -405,6 +409,7 @@ type faultJSON struct {
 	Status  int      `json:"status,omitempty"`
 	Count   int      `json:"count,omitempty"`
 	Latency Duration `json:"latency,omitempty"`
+	Drop    bool     `json:"drop,omitempty"`
 }
 
 func decodeFault(r *http.Request) (Fault, error) {
@@ -412,47 +417,35 @@ func decodeFault(r *http.Request) (Fault, error) {
 	if err := decodeBody(r, &fj); err != nil {
 		return Fault{}, err
 	}
-	f := Fault{Status: fj.Status, Count: fj.Count, Latency: fj.Latency.Duration}
+	f := Fault{Status: fj.Status, Count: fj.Count, Latency: fj.Latency.Duration, Drop: fj.Drop}
 	if err := f.validate(); err != nil {
 		return Fault{}, badRequest("%v", err)
 	}
 	return f, nil
 }
 
-func (e *Emulator) controlInjectIMDSFault(w http.ResponseWriter, r *http.Request) error {
-	f, err := decodeFault(r)
-	if err != nil {
-		return err
+// injectFault is the control operation that queues a fault with inject.
+func injectFault(inject func(*Emulator, Fault) error) func(*Emulator, http.ResponseWriter, *http.Request) error {
+	return func(e *Emulator, w http.ResponseWriter, r *http.Request) error {
+		f, err := decodeFault(r)
+		if err != nil {
+			return err
+		}
+		if err := inject(e, f); err != nil {
+			return badRequest("%v", err)
+		}
+		w.WriteHeader(http.StatusNoContent)
+		return nil
 	}
-	if err := e.InjectIMDSFault(f); err != nil {
-		return badRequest("%v", err)
-	}
-	w.WriteHeader(http.StatusNoContent)
-	return nil
 }
 
-func (e *Emulator) controlClearIMDSFaults(w http.ResponseWriter, _ *http.Request) error {
-	e.ClearIMDSFaults()
-	w.WriteHeader(http.StatusNoContent)
-	return nil
-}
-
-func (e *Emulator) controlInjectEntraFault(w http.ResponseWriter, r *http.Request) error {
-	f, err := decodeFault(r)
-	if err != nil {
-		return err
+// clearFaults is the control operation that removes a service's faults.
+func clearFaults(clear func(*Emulator)) func(*Emulator, http.ResponseWriter, *http.Request) error {
+	return func(e *Emulator, w http.ResponseWriter, _ *http.Request) error {
+		clear(e)
+		w.WriteHeader(http.StatusNoContent)
+		return nil
 	}
-	if err := e.InjectEntraFault(f); err != nil {
-		return badRequest("%v", err)
-	}
-	w.WriteHeader(http.StatusNoContent)
-	return nil
-}
-
-func (e *Emulator) controlClearEntraFaults(w http.ResponseWriter, _ *http.Request) error {
-	e.ClearEntraFaults()
-	w.WriteHeader(http.StatusNoContent)
-	return nil
 }
 
 // controlRequests lists the request log, filtered by the query parameters.

@@ -139,13 +139,25 @@ func TestControlSurfaceRoundTrip(t *testing.T) {
 	assert.Equal(t, http.StatusServiceUnavailable, st)
 	st, _ = control(t, e, "DELETE", "/control/entra/faults", "")
 	assert.Equal(t, http.StatusNoContent, st)
+	st, _ = control(t, e, "POST", "/control/entra/faults", `{"drop":true,"count":1}`)
+	assert.Equal(t, http.StatusNoContent, st)
+	resp, err = c.PostForm(tokenURL, url.Values{"grant_type": {"client_credentials"}, "client_id": {idAppClient}, "client_secret": {idAppSecret}, "scope": {"https://vault.azure.net/.default"}})
+	if err == nil {
+		resp.Body.Close()
+	}
+	assert.Error(t, err, "a dropped token request has no answer")
+	st, body = control(t, e, "POST", "/control/keyvault/faults", `{"status":500,"count":1}`)
+	assert.Equal(t, http.StatusNoContent, st, "%v", body)
+	st, _ = control(t, e, "DELETE", "/control/keyvault/faults", "")
+	assert.Equal(t, http.StatusNoContent, st)
 
 	// The request log.
 	st, body = control(t, e, "GET", "/control/requests?service=entra&identity="+idAppClient, "")
 	require.Equal(t, http.StatusOK, st, "%v", body)
-	assert.Equal(t, float64(3), body["count"])
+	assert.Equal(t, float64(4), body["count"])
 	reqs := body["requests"].([]any)
-	require.Len(t, reqs, 3)
+	require.Len(t, reqs, 4)
+	assert.Equal(t, float64(444), reqs[3].(map[string]any)["status"], "the dropped request")
 	first := reqs[0].(map[string]any)
 	assert.Equal(t, "entra", first["service"])
 	assert.Equal(t, "client_secret", first["grant"])
@@ -178,8 +190,9 @@ func TestControlSurfaceErrors(t *testing.T) {
 		{"assign unknown identity", "POST", "/control/managed-identities/nobody/assign", ``, 404, "nobody"},
 		{"grant without principal", "POST", "/control/vaults/kv1/grants", `{"permissions":["secrets/get"]}`, 400, "objectId: required"},
 		{"disable without version", "POST", "/control/vaults/kv1/disable", `{"kind":"secrets","name":"s"}`, 400, "version: required"},
-		{"fault without effect", "POST", "/control/imds/faults", `{"count":1}`, 400, "neither a status nor a latency"},
+		{"fault without effect", "POST", "/control/imds/faults", `{"count":1}`, 400, "neither a status, a latency nor a drop"},
 		{"fault with bad status", "POST", "/control/entra/faults", `{"status":200}`, 400, "not an HTTP error status"},
+		{"fault that drops and answers", "POST", "/control/keyvault/faults", `{"drop":true,"status":503}`, 400, "drops the connection has no status"},
 		{"unknown filter", "GET", "/control/requests?tenant=x", ``, 400, `"tenant"`},
 		{"bad service filter", "GET", "/control/requests?service=graph", ``, 400, `"service"`},
 		{"bad status filter", "GET", "/control/requests?status=ok", ``, 400, `"status"`},

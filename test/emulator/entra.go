@@ -92,6 +92,7 @@ func (s *entraService) serve(w http.ResponseWriter, r *http.Request, c Cloud) {
 	rec.Status = s.route(w, r, c, &rec)
 	s.rec.add(rec)
 	s.logf("entra %s %s%s tenant=%q client=%q grant=%q -> %d", r.Method, rec.Host, r.URL.Path, rec.Tenant, rec.Identity, rec.Grant, rec.Status)
+	dropIfFaulted(rec.Status)
 }
 
 func (s *entraService) route(w http.ResponseWriter, r *http.Request, c Cloud, rec *Request) int {

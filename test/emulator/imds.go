@@ -38,6 +38,10 @@ type Fault struct {
 	Count int
 	// Latency delays the answer. A client that gives up first gets nothing.
 	Latency time.Duration
+	// Drop breaks the connection (HTTP/2: resets the stream) instead of
+	// answering, after Latency: what a client sees of a service that is
+	// unreachable or crashes mid-request. It is recorded as 444.
+	Drop bool
 }
 
 func (f Fault) validate() error {
@@ -48,8 +52,10 @@ func (f Fault) validate() error {
 		return fmt.Errorf("fault count %d is negative", f.Count)
 	case f.Latency < 0:
 		return fmt.Errorf("fault latency %v is negative", f.Latency)
-	case f.Status == 0 && f.Latency == 0:
-		return errors.New("fault has neither a status nor a latency")
+	case f.Drop && f.Status != 0:
+		return errors.New("a fault that drops the connection has no status")
+	case f.Status == 0 && f.Latency == 0 && !f.Drop:
+		return errors.New("fault has neither a status, a latency nor a drop")
 	}
 	return nil
 }
@@ -107,11 +113,27 @@ func (q *faultQueue) apply(w http.ResponseWriter, r *http.Request, writeErr func
 			return statusClientClosed, true
 		}
 	}
+	if f.Drop {
+		return statusDropped, true
+	}
 	if f.Status == 0 {
 		return 0, false
 	}
 	writeErr(w, f.Status)
 	return f.Status, true
+}
+
+// statusDropped is recorded for a request a fault answered by breaking
+// the connection (nginx's 444).
+const statusDropped = 444
+
+// dropIfFaulted breaks the connection of a request recorded as dropped,
+// once its record is kept: http.Server closes the connection (or resets
+// the HTTP/2 stream) without writing an answer.
+func dropIfFaulted(status int) {
+	if status == statusDropped {
+		panic(http.ErrAbortHandler)
+	}
 }
 
 // statusClientClosed is recorded for a request whose client left before the
@@ -247,6 +269,7 @@ func (s *imdsService) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rec.Status = s.route(w, r, &rec)
 	s.rec.add(rec)
 	s.logf("imds %s %s identity=%q -> %d", r.Method, r.URL.Path, rec.Identity, rec.Status)
+	dropIfFaulted(rec.Status)
 }
 
 func (s *imdsService) route(w http.ResponseWriter, r *http.Request, rec *Request) int {

@@ -68,6 +68,7 @@ func (s *keyVaultService) serve(w http.ResponseWriter, r *http.Request, c Cloud,
 	entry.Status = status
 	s.rec.add(entry)
 	s.logf("keyvault %s https://%s%s -> %d", r.Method, entry.Host, r.URL.Path, status)
+	dropIfFaulted(status)
 }
 
 func (s *keyVaultService) answer(kr *kvRequest, entry *Request) int {

@@ -776,5 +776,22 @@ func TestKeyVaultFaults(t *testing.T) {
 	env.e.ClearVaultFaults()
 	assert.Equal(t, http.StatusOK, env.get(t, u, tok).status)
 
+	// A dropped request gets no answer at all, and is recorded as 444
+	// (net/http sends a GET again once on a broken kept-alive connection:
+	// the fault lasts until cleared).
+	require.NoError(t, env.e.InjectVaultFault(Fault{Drop: true}))
+	req, err := http.NewRequest(http.MethodGet, u, nil)
+	require.NoError(t, err)
+	req.Header.Set("Authorization", "Bearer "+tok)
+	resp, err := env.client.Do(req)
+	if err == nil {
+		resp.Body.Close()
+	}
+	require.Error(t, err, "a dropped request has no response")
+	assert.Positive(t, env.e.CountRequests(RequestFilter{Service: ServiceKeyVault, Status: statusDropped}))
+	env.e.ClearVaultFaults()
+	assert.Equal(t, http.StatusOK, env.get(t, u, tok).status, "the connection pool recovers")
+
 	assert.Error(t, env.e.InjectVaultFault(Fault{}))
+	assert.Error(t, env.e.InjectVaultFault(Fault{Drop: true, Status: http.StatusInternalServerError}))
 }
