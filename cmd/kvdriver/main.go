@@ -26,6 +26,7 @@ import (
 	"github.com/kvnode/kvnode/pkg/identity"
 	"github.com/kvnode/kvnode/pkg/kvdriver"
 	"github.com/kvnode/kvnode/pkg/provider"
+	"github.com/kvnode/kvnode/pkg/redact"
 	"github.com/kvnode/kvnode/pkg/secretsync"
 	"github.com/kvnode/kvnode/pkg/version"
 )
@@ -113,6 +114,10 @@ func run(args []string) error {
 	klog.InitFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if asked := redact.CapVerbosity(fs); asked > 0 {
+		klog.InfoS("Log verbosity capped: from 8 up client-go logs API request and response bodies, ServiceAccount tokens and Secret data among them",
+			"asked", asked, "used", redact.MaxVerbosity)
 	}
 	if *showVersion {
 		fmt.Println("kvdriver", version.Version)

@@ -32,6 +32,7 @@ import (
 
 	"github.com/kvnode/kvnode/pkg/interception"
 	"github.com/kvnode/kvnode/pkg/nmi"
+	"github.com/kvnode/kvnode/pkg/redact"
 	"github.com/kvnode/kvnode/pkg/version"
 )
 
@@ -74,6 +75,10 @@ func parseFlags(args []string) (nmi.Config, bool, error) {
 	klog.InitFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return cfg, false, err
+	}
+	if asked := redact.CapVerbosity(fs); asked > 0 {
+		klog.InfoS("Log verbosity capped: from 8 up client-go logs API request and response bodies, ServiceAccount tokens and Secret data among them",
+			"asked", asked, "used", redact.MaxVerbosity)
 	}
 	if showVersion {
 		return cfg, true, nil

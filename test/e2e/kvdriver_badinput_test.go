@@ -306,7 +306,14 @@ func TestKVDriverBadInput(t *testing.T) {
 
 			logs := e.logs.String()
 			require.NotEmpty(t, logs)
-			texts := append([]string{logs}, messages...)
+			// client-go writes API bodies as hex dumps, which split a
+			// value over lines: their text is checked joined.
+			texts := append([]string{logs, hexDumpText(logs)}, messages...)
+			assert.NotContains(t, logs, `"Response Body"`, "client-go logged an API answer")
+			assert.NotContains(t, logs, `"Request Body" body=<`, "client-go logged an API request's body")
+			if verbosity == "10" {
+				assert.Contains(t, logs, "Log verbosity capped")
+			}
 			for _, secret := range append(e.planted, dbPassword1, spSecret, noAccessSecret, "not-"+spSecret, plantedToken) {
 				for _, text := range texts {
 					if i := strings.Index(text, secret); i >= 0 {

@@ -6,9 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
-	"github.com/kvnode/kvnode/pkg/identity"
-	"github.com/kvnode/kvnode/pkg/keyvault"
 	"net"
 	"net/http"
 	"os"
@@ -21,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
@@ -30,6 +28,8 @@ import (
 	"k8s.io/client-go/dynamic"
 
 	"github.com/kvnode/kvnode/pkg/bindings"
+	"github.com/kvnode/kvnode/pkg/identity"
+	"github.com/kvnode/kvnode/pkg/keyvault"
 	"github.com/kvnode/kvnode/test/controlplane"
 	"github.com/kvnode/kvnode/test/emulator"
 	"github.com/kvnode/kvnode/test/testenv"
@@ -76,13 +76,7 @@ func TestNMI(t *testing.T) {
 	cp, emu := startNode(t)
 	appA, miB := bindABC(ctx, t, cp, emu)
 
-	podA := &nmiPod{name: "pod-a", sa: "sa-a", ip: "10.244.1.2"}
-	podB := &nmiPod{name: "pod-b", sa: "sa-b", ip: "10.244.1.3"}
-	podC := &nmiPod{name: "pod-c", sa: "sa-c", ip: "10.244.1.4"}
-	for _, p := range []*nmiPod{podA, podB, podC} {
-		createNodePod(ctx, t, cp, p)
-		addPodNetns(t, p)
-	}
+	podA, podB, podC := startPodsABC(ctx, t, cp)
 
 	nmi := startNMI(t, cp, emu)
 	nmi.waitReady(t)
@@ -276,6 +270,21 @@ func createCR(ctx context.Context, t testing.TB, dyn dynamic.Interface, gvr sche
 	}}
 	_, err := dyn.Resource(gvr).Namespace("apps").Create(ctx, u, metav1.CreateOptions{})
 	require.NoError(t, err)
+}
+
+// startPodsABC creates bindABC's three pods on the node, each with its
+// network namespace: A (workload identity), B (managed identity), C
+// (nothing bound).
+func startPodsABC(ctx context.Context, t testing.TB, cp *controlplane.ControlPlane) (a, b, c *nmiPod) {
+	t.Helper()
+	a = &nmiPod{name: "pod-a", sa: "sa-a", ip: "10.244.1.2"}
+	b = &nmiPod{name: "pod-b", sa: "sa-b", ip: "10.244.1.3"}
+	c = &nmiPod{name: "pod-c", sa: "sa-c", ip: "10.244.1.4"}
+	for _, p := range []*nmiPod{a, b, c} {
+		createNodePod(ctx, t, cp, p)
+		addPodNetns(t, p)
+	}
+	return a, b, c
 }
 
 // createNodePod creates p's Pod on node-1 and reports its address, as
@@ -584,4 +593,72 @@ func (n *nmiProcess) metric(t testing.TB, name string) float64 {
 		}
 	}
 	return 0
+}
+
+// TestNMINoTokenInLogs serves a workload-identity token, a managed-identity
+// token and a refusal with nmi at the default verbosity and at -v=10 (where
+// client-go logs its requests), then looks for the tokens the pods got, and
+// anything JWT-shaped (the ServiceAccount tokens nmi exchanges, Entra ID's
+// answers), in everything nmi wrote.
+func TestNMINoTokenInLogs(t *testing.T) {
+	requireNode(t)
+	for _, verbosity := range []string{"0", "10"} {
+		t.Run("v="+verbosity, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+			defer cancel()
+			cp, emu := startNode(t)
+			bindABC(ctx, t, cp, emu)
+			podA, podB, podC := startPodsABC(ctx, t, cp)
+			nmi := startNMI(t, cp, emu, "-v", verbosity)
+			nmi.waitReady(t)
+			nmi.waitAntiSpoofing(t, podA, podB, podC)
+
+			var tokens []string
+			for _, p := range []*nmiPod{podA, podB} {
+				code, out := curlInPod(t, p, "")
+				require.Equal(t, 0, code, out)
+				body, status, _ := strings.Cut(strings.TrimSpace(out), "\n")
+				require.Equal(t, "200", status, "%s: %s", p.name, body)
+				var tok struct {
+					AccessToken string `json:"access_token"`
+				}
+				require.NoError(t, json.Unmarshal([]byte(body), &tok))
+				require.NotEmpty(t, tok.AccessToken)
+				tokens = append(tokens, tok.AccessToken)
+			}
+			code, out := curlInPod(t, podC, "")
+			require.Equal(t, 0, code, out)
+			assert.True(t, strings.HasSuffix(strings.TrimSpace(out), "403"), out)
+
+			nmi.stop(t)
+			logs := nmi.logs.String()
+			require.NotEmpty(t, logs)
+			for i, tok := range tokens {
+				assert.NotContains(t, logs, tok, "the token of pod %d is in nmi's log", i)
+				assert.NotContains(t, logs, tok[len(tok)-20:], "the signature of pod %d's token is in nmi's log", i)
+			}
+			assert.NotRegexp(t, `eyJ[A-Za-z0-9_-]{8,}`, logs, "nmi logged something JWT-shaped")
+			assert.NotRegexp(t, `eyJ[A-Za-z0-9_-]{8,}`, hexDumpText(logs), "nmi logged something JWT-shaped in a hex dump")
+			assert.NotContains(t, logs, `"Response Body"`, "client-go logged an API answer")
+			assert.NotContains(t, logs, `"Request Body" body=<`, "client-go logged an API request's body")
+			if verbosity == "10" {
+				assert.Contains(t, logs, "Log verbosity capped")
+			}
+			t.Logf("nmi at -v=%s wrote %d bytes of log, no token in them", verbosity, len(logs))
+		})
+	}
+}
+
+// hexDumpLine matches a line of a hex dump as client-go writes request and
+// response bodies into the log: offset, hex bytes, |text|.
+var hexDumpLine = regexp.MustCompile(`(?m)^\s*[0-9a-f]{8}  (?:[0-9a-f]{2} {1,2}){1,16}\s*\|(.{1,16})\|$`)
+
+// hexDumpText joins the text columns of every hex dump in logs, so that a
+// token split over the dump's lines shows whole.
+func hexDumpText(logs string) string {
+	var b strings.Builder
+	for _, m := range hexDumpLine.FindAllStringSubmatch(logs, -1) {
+		b.WriteString(m[1])
+	}
+	return b.String()
 }
