@@ -272,6 +272,8 @@ func (e *driverEnv) metric(t testing.TB, name string, labels map[string]string) 
 			sum += m.GetCounter().GetValue()
 		case m.GetHistogram() != nil:
 			sum += float64(m.GetHistogram().GetSampleCount())
+		case m.GetGauge() != nil:
+			sum += m.GetGauge().GetValue()
 		}
 	}
 	return sum
