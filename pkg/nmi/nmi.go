@@ -142,6 +142,15 @@ func New(cfg Config) (_ *Daemon, err error) {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	gauge := func(name, help string, get func() int) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "kvnode", Subsystem: "nmi", Name: name, Help: help},
+			func() float64 { return float64(get()) })
+	}
+	reg.MustRegister(
+		gauge("pod_index_pods", "Pods of this node the pod index holds.", func() int { n, _ := d.pods.Len(); return n }),
+		gauge("pod_index_addresses", "Addresses the indexed pods claim.", func() int { _, n := d.pods.Len(); return n }),
+		gauge("token_cache_entries", "Tokens the cache holds (identity, resource, ServiceAccount).", func() int { return tokens.Stats().Entries }),
+	)
 	var instance *imds.InstanceProxy
 	podRoutes := []string{imds.TokenPath}
 	if cfg.ProxyInstanceMetadata {

@@ -185,6 +185,14 @@ func (ix *Index) WaitForSync(ctx context.Context) bool {
 	return cache.WaitForCacheSync(ctx.Done(), ix.synced.HasSynced)
 }
 
+// Len returns how many pods the index holds and how many addresses they
+// claim (for the metrics: both follow the node's live pods).
+func (ix *Index) Len() (pods, addresses int) {
+	ix.mu.RLock()
+	defer ix.mu.RUnlock()
+	return len(ix.byUID), len(ix.byIP)
+}
+
 // PodByIP returns the pod that owns address ip for a connection that came
 // through pod interface link. With Links, only claims tied to link count,
 // and link 0 (no pod interface) finds nothing; without, link is ignored.
