@@ -88,6 +88,15 @@ func (c *objectCache) get(ctx context.Context, key objectKey, fetch func(context
 	c.misses.Add(1)
 	c.metrics.cacheRead(false)
 	ch := c.group.DoChan(key.String(), func() (any, error) {
+		// A fetch of key that finished between the look-up above and
+		// DoChan has stored a fresh entry: take it rather than send the
+		// same GET again.
+		c.mu.Lock()
+		e, ok := c.entries[key]
+		c.mu.Unlock()
+		if ok && c.now().Before(e.expires) {
+			return e, nil
+		}
 		c.metrics.cacheFetched()
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), detachedFetchTimeout)
 		defer cancel()

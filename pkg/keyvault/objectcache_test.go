@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -103,4 +104,40 @@ func TestObjectCacheIsBounded(t *testing.T) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	assert.Len(t, c.entries, 2)
+}
+
+// A caller that found the entry expired, and reaches the fetch only after
+// another caller's fetch of the same key has finished and stored a fresh
+// entry, takes that entry: one fetch per key per expiry however the
+// callers are scheduled. (Under load, on a node republishing many volumes
+// at once, the second fetch was a second Key Vault GET.)
+func TestObjectCacheFetchesOncePerExpiry(t *testing.T) {
+	c := newObjectCache(time.Minute, 10)
+	now := time.Now()
+	var mu sync.Mutex
+	c.now = func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	ctx := context.Background()
+	for round := range 300 {
+		mu.Lock()
+		now = now.Add(time.Minute + time.Second) // every entry expires
+		mu.Unlock()
+		var fetches atomic.Int32
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for range 32 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				_, err := c.get(ctx, objectKey{name: "s"}, func(context.Context) (*cachedObject, error) {
+					fetches.Add(1)
+					return &cachedObject{version: "v"}, nil
+				})
+				assert.NoError(t, err)
+			}()
+		}
+		close(start)
+		wg.Wait()
+		require.Equal(t, int32(1), fetches.Load(), "round %d: fetches of one key after it expired", round)
+	}
 }
