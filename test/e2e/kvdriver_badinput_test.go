@@ -434,7 +434,7 @@ func publishWithCredentials(t *testing.T, e *driverEnv) []string {
 var sentinels atomic.Int64
 
 // createClassOf stores a SecretProviderClass of provider (default azure).
-func (e *driverEnv) createClassOf(t *testing.T, namespace, name, provider string, params map[string]string) {
+func (e *driverEnv) createClassOf(t testing.TB, namespace, name, provider string, params map[string]string) {
 	t.Helper()
 	if provider == "" {
 		provider = "azure"
@@ -455,7 +455,7 @@ func (e *driverEnv) createClassOf(t *testing.T, namespace, name, provider string
 // so far in namespace: it creates one more, invalid, class and publishes
 // against it until the answer is InvalidArgument rather than NotFound (the
 // informer sees a namespace's objects in creation order).
-func (e *driverEnv) waitForClasses(t *testing.T, namespace string) {
+func (e *driverEnv) waitForClasses(t testing.TB, namespace string) {
 	t.Helper()
 	name := fmt.Sprintf("informer-sentinel-%d", sentinels.Add(1))
 	e.createClassOf(t, namespace, name, "", map[string]string{})

@@ -217,7 +217,7 @@ func mkTargetParent(t testing.TB, target string) {
 	require.NoError(t, os.MkdirAll(filepath.Dir(target), 0o750))
 }
 
-func callCtx(t *testing.T) context.Context {
+func callCtx(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	t.Cleanup(cancel)
 	return ctx
