@@ -42,7 +42,7 @@ e2e: deps controlplane ## Run only the end-to-end tests.
 
 .PHONY: bench
 bench: deps controlplane ## Run the benchmarks with allocation counts, and the load tests (root).
-	$(TEST_ENV) $(GO) test -run '^$$' -bench . -benchmem -count 1 -timeout 30m ./...
+	$(TEST_ENV) $(GO) test -run '^$$' -bench . -benchmem -count 1 -timeout 60m ./...
 
 .PHONY: fuzz
 fuzz: ## Run every fuzz target for FUZZTIME each (default 30s); prints executions and new corpus entries.
