@@ -46,7 +46,9 @@ type PodInterface struct {
 
 // SetPods replaces the set of pod interfaces whose forged traffic is
 // dropped and asks a running Run loop to apply it. An interface listed with
-// only IPv6 addresses gets all its IPv4 traffic dropped.
+// only IPv6 addresses gets all its IPv4 traffic dropped. Until the first
+// call, Reconcile leaves the rules of an existing raw chain as it finds
+// them.
 func (in *Interceptor) SetPods(pods []PodInterface) error {
 	byIface := map[string][]netip.Addr{}
 	for _, p := range pods {
@@ -73,7 +75,7 @@ func (in *Interceptor) SetPods(pods []PodInterface) error {
 	slices.SortFunc(want, func(a, b PodInterface) int { return strings.Compare(a.Interface, b.Interface) })
 
 	in.mu.Lock()
-	in.pods = want
+	in.pods, in.podsSet = want, true
 	in.mu.Unlock()
 	in.Trigger()
 	return nil

@@ -162,6 +162,11 @@ type Interceptor struct {
 	mu sync.Mutex
 	// pods is the desired anti-spoofing set, sorted by interface.
 	pods []PodInterface
+	// podsSet is set by the first SetPods. Until then a raw chain already
+	// in place (left by an nmi that was killed or restarted) keeps its
+	// rules, so a restart never opens a window in which forged sources
+	// pass while the pods' interfaces are still being listed.
+	podsSet bool
 	// flushed is set once conntrack has been cleaned after the nat rules
 	// were found or made right.
 	flushed bool
@@ -226,7 +231,7 @@ func (in *Interceptor) reconcileLocked(ctx context.Context) error {
 			return err
 		}
 	} else {
-		rawChanged, err := in.syncChain(tableRaw, in.cfg.RawChain, antiSpoofRules(in.pods))
+		rawChanged, err := in.syncRawChain()
 		if err != nil {
 			return err
 		}
@@ -266,6 +271,19 @@ func (in *Interceptor) reconcileLocked(ctx context.Context) error {
 		logger.V(2).Info("Deleted conntrack entries bypassing interception", "entries", n)
 	}
 	return nil
+}
+
+// syncRawChain makes the anti-spoofing chain hold the rules for in.pods;
+// before the first SetPods it only creates the chain when it is missing.
+func (in *Interceptor) syncRawChain() (bool, error) {
+	if in.podsSet {
+		return in.syncChain(tableRaw, in.cfg.RawChain, antiSpoofRules(in.pods))
+	}
+	_, exists, err := in.listRules(tableRaw, in.cfg.RawChain)
+	if err != nil || exists {
+		return false, err
+	}
+	return in.syncChain(tableRaw, in.cfg.RawChain, nil)
 }
 
 // Run reconciles at once, then every interval and whenever Trigger or

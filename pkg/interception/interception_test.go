@@ -384,3 +384,33 @@ func TestInterceptionRootSetPodsReconcilesTheRawChain(t *testing.T) {
 	require.NoError(t, in.Reconcile(ctx))
 	assert.Equal(t, []string{"-N KVNODE-ANTISPOOF"}, listChain(t, "raw", "KVNODE-ANTISPOOF"))
 }
+
+// An nmi that starts again after being killed finds its raw chain in place.
+// Until it has listed the pods' interfaces it keeps those rules, forged
+// sources stay dropped throughout, and the first SetPods takes over.
+func TestInterceptionRootRestartKeepsAntiSpoofingUntilPodsAreKnown(t *testing.T) {
+	pods := setupNode(t, 2)
+	ctx := t.Context()
+	before := newInterceptor(t, Config{})
+	require.NoError(t, before.SetPods([]PodInterface{{Interface: pods[0].hostIf, IPs: []netip.Addr{pods[0].ip}}}))
+	require.NoError(t, before.Reconcile(ctx))
+	kept := listChain(t, "raw", "KVNODE-ANTISPOOF")
+	require.Equal(t, []string{"-N KVNODE-ANTISPOOF", "-A KVNODE-ANTISPOOF ! -s 10.244.0.2/32 -i kvpod0 -j DROP"}, kept)
+
+	// The restarted nmi: a new Interceptor over the same chains.
+	after := newInterceptor(t, Config{})
+	require.NoError(t, after.Reconcile(ctx))
+	assert.Equal(t, kept, listChain(t, "raw", "KVNODE-ANTISPOOF"), "a restart dropped the anti-spoofing rules before the pods were known")
+	assert.True(t, after.Ready())
+
+	require.NoError(t, after.SetPods([]PodInterface{{Interface: pods[1].hostIf, IPs: []netip.Addr{pods[1].ip}}}))
+	require.NoError(t, after.Reconcile(ctx))
+	assert.Equal(t, []string{"-N KVNODE-ANTISPOOF", "-A KVNODE-ANTISPOOF ! -s 10.244.0.3/32 -i kvpod1 -j DROP"},
+		listChain(t, "raw", "KVNODE-ANTISPOOF"))
+
+	// With no chain at all, the first Reconcile creates it empty.
+	require.NoError(t, after.Remove())
+	fresh := newInterceptor(t, Config{})
+	require.NoError(t, fresh.Reconcile(ctx))
+	assert.Equal(t, []string{"-N KVNODE-ANTISPOOF"}, listChain(t, "raw", "KVNODE-ANTISPOOF"))
+}
