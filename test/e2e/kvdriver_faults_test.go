@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io/fs"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -22,6 +23,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/mount-utils"
 
 	"github.com/kvnode/kvnode/pkg/spc"
 	"github.com/kvnode/kvnode/test/emulator"
@@ -257,6 +259,31 @@ func payloadDirs(t *testing.T, target string) []string {
 	return dirs
 }
 
+// publishAsync starts req's publish and returns where its error will be.
+func publishAsync(t *testing.T, e *driverEnv, req *csipb.NodePublishVolumeRequest) <-chan error {
+	done := make(chan error, 1)
+	go func() {
+		_, err := e.node.NodePublishVolume(callCtx(t), req)
+		done <- err
+	}()
+	return done
+}
+
+// rotationClass seeds the vault with generation 1 of rotationSecrets(n)
+// and creates a class that mounts them all; it returns the objects' names.
+func rotationClass(t *testing.T, e *driverEnv, class string, n int) []string {
+	t.Helper()
+	seedFaultsVault(t, e, rotationSecrets(n, 1))
+	require.NoError(t, e.cp.EnsureNamespace(callCtx(t), faultsNamespace))
+	names := make([]string, n)
+	for i := range n {
+		names[i] = fmt.Sprintf("s%02d", i)
+	}
+	e.createClass(t, faultsNamespace, class, faultsClass(names...))
+	e.waitForClasses(t, faultsNamespace)
+	return names
+}
+
 // TestFaultKVDriverSIGKILLMidRotation kills kvdriver (SIGKILL) at points
 // spread over a rotating republish and starts a new one: each time the
 // volume holds one complete set of files, the old or the new (never
@@ -265,14 +292,7 @@ func payloadDirs(t *testing.T, target string) []string {
 func TestFaultKVDriverSIGKILLMidRotation(t *testing.T) {
 	const n, kills = 40, 8
 	e := startDriverEnv(t)
-	seedFaultsVault(t, e, rotationSecrets(n, 1))
-	require.NoError(t, e.cp.EnsureNamespace(callCtx(t), faultsNamespace))
-	names := make([]string, n)
-	for i := range n {
-		names[i] = fmt.Sprintf("s%02d", i)
-	}
-	e.createClass(t, faultsNamespace, "rotating", faultsClass(names...))
-	e.waitForClasses(t, faultsNamespace)
+	names := rotationClass(t, e, "rotating", n)
 	pod := e.createPod(t, faultsNamespace, "rotating", "app")
 	req := e.publishRequest(pod, "secrets", "rotating", spCredentials(spClientID, spSecret), "")
 	mkTargetParent(t, req.TargetPath)
@@ -297,11 +317,7 @@ func TestFaultKVDriverSIGKILLMidRotation(t *testing.T) {
 		setSecrets(t, e, rotationSecrets(n, gen))
 		time.Sleep(2 * driverCacheTTL)
 		before := payloadDirs(t, req.TargetPath)
-		done := make(chan error, 1)
-		go func() {
-			_, err := driver.node.NodePublishVolume(callCtx(t), req)
-			done <- err
-		}()
+		done := publishAsync(t, driver, req)
 		var when string
 		if k%2 == 0 {
 			// At a point spread over the call, from its start to a
@@ -375,6 +391,122 @@ func TestFaultKVDriverSIGKILLMidRotation(t *testing.T) {
 	assert.Len(t, hidden, 2, "the republish left the half-written payload behind: %v", hidden) // ..data and its payload
 	assert.NotContains(t, hidden, "..data_tmp")
 	assert.NotContains(t, hidden, filepath.Base(partial))
+}
+
+// TestFaultKVDriverSIGKILLFirstPublish kills kvdriver (SIGKILL) during a
+// pod's first publish: as soon as the tmpfs is mounted at the target, or at
+// points spread over the call. Each time the volume holds no file or the
+// complete set (never a partial file, never some of the set); kubelet's
+// retry against a new kvdriver publishes the complete set on the one tmpfs
+// (no second mount stacked on the first), and the unpublish leaves no mount
+// and no target behind.
+func TestFaultKVDriverSIGKILLFirstPublish(t *testing.T) {
+	const n, kills = 40, 6
+	e := startDriverEnv(t)
+	rotationClass(t, e, "first", n)
+	mounter := mount.New("")
+
+	// How long a pod's first publish takes once the objects are cached
+	// (as they are for the kills below), to spread the kills over it.
+	var took time.Duration
+	for _, name := range []string{"first-cold", "first-warm"} {
+		pod := e.createPod(t, faultsNamespace, name, "app")
+		req := e.publishRequest(pod, "secrets", "first", spCredentials(spClientID, spSecret), "")
+		mkTargetParent(t, req.TargetPath)
+		start := time.Now()
+		publishOK(t, e, req)
+		took = time.Since(start)
+	}
+	t.Logf("a first publish of %d cached files takes %v", n, took)
+
+	driver := e
+	outcomes := map[string]int{}
+	for k := range kills {
+		pod := e.createPod(t, faultsNamespace, fmt.Sprintf("first-%d", k), "app")
+		req := e.publishRequest(pod, "secrets", "first", spCredentials(spClientID, spSecret), "")
+		mkTargetParent(t, req.TargetPath)
+		done := publishAsync(t, driver, req)
+		var when string
+		if k%2 == 0 {
+			deadline := time.Now().Add(10 * time.Second)
+			for time.Now().Before(deadline) {
+				if notMnt, err := mounter.IsLikelyNotMountPoint(req.TargetPath); err == nil && !notMnt {
+					break
+				}
+			}
+			when = "as soon as the tmpfs was mounted"
+		} else {
+			delay := took * time.Duration(k) / kills
+			time.Sleep(delay)
+			when = fmt.Sprintf("%v into the publish", delay)
+		}
+		require.NoError(t, driver.proc.Process.Kill())
+		<-driver.exited
+		err := <-done
+
+		// Before the switch of ..data the new names already exist and
+		// dangle (the writer links them first, so that they resolve the
+		// moment ..data appears); after it every file is there. No name
+		// ever opens to a partial file. kubelet starts no container on a
+		// volume whose publish has not succeeded, so what matters to the
+		// pod is what the retry below leaves.
+		var seen string
+		switch _, lerr := os.Lstat(filepath.Join(req.TargetPath, "..data")); {
+		case mountsAt(t, req.TargetPath) == 0:
+			seen = "nothing mounted"
+		case lerr != nil:
+			require.ErrorIs(t, lerr, fs.ErrNotExist)
+			entries, err := os.ReadDir(req.TargetPath)
+			require.NoError(t, err)
+			for _, de := range entries {
+				b, err := os.ReadFile(filepath.Join(req.TargetPath, de.Name()))
+				if de.IsDir() || err != nil {
+					continue
+				}
+				require.Failf(t, "a file before the switch", "kill %d %s: %s opens to %.20q", k, when, de.Name(), b)
+			}
+			seen = fmt.Sprintf("no ..data yet (%d entries)", len(entries))
+		default:
+			g, gerr := generationOf(volumeFiles(t, req.TargetPath), n)
+			require.NoError(t, gerr, "kill %d %s: the pod saw some of its files", k, when)
+			require.Equal(t, 1, g)
+			seen = "every file"
+		}
+		outcomes[seen]++
+		t.Logf("kill %d %s: %s (the publish returned %v)", k, when, seen, status.Code(err))
+
+		// kubelet retries the publish until it succeeds.
+		driver = startKVDriver(t, e.cp, e.emu, "--object-cache-ttl", driverCacheTTL.String())
+		require.Eventually(t, func() bool {
+			_, err := driver.node.NodePublishVolume(callCtx(t), req)
+			return err == nil
+		}, 30*time.Second, 100*time.Millisecond, "kill %d: the new kvdriver's publish failed", k)
+		g, gerr := generationOf(volumeFiles(t, req.TargetPath), n)
+		require.NoError(t, gerr, "kill %d: after the new kvdriver's publish", k)
+		require.Equal(t, 1, g)
+		assert.Equal(t, 1, mountsAt(t, req.TargetPath), "kill %d: mounts at the target after the retry", k)
+		assert.Len(t, payloadDirs(t, req.TargetPath), 1, "kill %d: a half-written payload was left behind", k)
+
+		_, err = driver.node.NodeUnpublishVolume(callCtx(t), &csipb.NodeUnpublishVolumeRequest{VolumeId: req.VolumeId, TargetPath: req.TargetPath})
+		require.NoError(t, err)
+		assert.Zero(t, mountsAt(t, req.TargetPath), "kill %d: still mounted after the unpublish", k)
+		assert.NoDirExists(t, req.TargetPath, "kill %d: the unpublish left the target", k)
+	}
+	t.Logf("what the pod saw right after a kill: %v", outcomes)
+}
+
+// mountsAt counts the mounts whose mount point is path.
+func mountsAt(t *testing.T, path string) int {
+	t.Helper()
+	mounts, err := mount.ParseMountInfo("/proc/self/mountinfo")
+	require.NoError(t, err)
+	c := 0
+	for _, m := range mounts {
+		if m.MountPoint == path {
+			c++
+		}
+	}
+	return c
 }
 
 // TestFaultKVDriverSIGTERM sends SIGTERM while a publish waits on a slow
