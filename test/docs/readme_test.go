@@ -117,6 +117,21 @@ func readmeTable(t *testing.T, readme, heading, header string) []readmeRow {
 	return rows
 }
 
+// documentedKeys returns the keys rows name, checking that none is named
+// twice and that each exists; prefix is how the README writes them ("--").
+func documentedKeys(t *testing.T, rows []readmeRow, prefix string, exists func(string) bool) map[string]bool {
+	t.Helper()
+	documented := map[string]bool{}
+	for _, r := range rows {
+		for _, k := range r.keys {
+			assert.False(t, documented[k], "%s%s is in the README's table twice", prefix, k)
+			documented[k] = true
+			assert.True(t, exists(k), "the README documents %s%s, which does not exist", prefix, k)
+		}
+	}
+	return documented
+}
+
 // literalDefaults returns the defaults a Default cell states, one per flag,
 // when the cell is nothing but backticked literals ("`50`, `100`"); nil when
 // it says more (an environment variable, the chart's value, prose).
@@ -159,14 +174,8 @@ func TestReadmeFlagTables(t *testing.T) {
 		t.Run(filepath.Base(c.pkg), func(t *testing.T) {
 			have := binaryFlags(t, c.pkg)
 			rows := readmeTable(t, readme, c.heading, "| Flag | Default |")
-			documented := map[string]bool{}
+			documented := documentedKeys(t, rows, "--", func(f string) bool { _, ok := have[f]; return ok })
 			for _, r := range rows {
-				for _, f := range r.keys {
-					assert.False(t, documented[f], "--%s is in the README's table twice", f)
-					documented[f] = true
-					_, ok := have[f]
-					assert.True(t, ok, "the README documents --%s, which %s does not have", f, filepath.Base(c.pkg))
-				}
 				defs := literalDefaults(r.def, len(r.keys))
 				for i, def := range defs {
 					h, ok := have[r.keys[i]]
@@ -253,14 +262,8 @@ func valueText(v any) (string, bool) {
 func TestReadmeChartValues(t *testing.T) {
 	values := chartValues(t)
 	rows := readmeTable(t, readReadme(t), "## Chart values", "| Value | Default |")
-	documented := map[string]bool{}
+	documented := documentedKeys(t, rows, "", func(k string) bool { _, ok := values[k]; return ok })
 	for _, r := range rows {
-		for _, k := range r.keys {
-			assert.False(t, documented[k], "%s is in the README's table twice", k)
-			documented[k] = true
-			_, ok := values[k]
-			assert.True(t, ok, "the README documents %s, which values.yaml does not have", k)
-		}
 		for i, def := range literalDefaults(r.def, len(r.keys)) {
 			v, ok := values[r.keys[i]]
 			if !ok {
