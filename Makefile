@@ -60,8 +60,16 @@ lint: ## gofmt, go vet and staticcheck (pinned in tools/lint).
 	cd tools/lint && $(GO) build -o ../../$(BIN)/staticcheck honnef.co/go/tools/cmd/staticcheck
 	$(BIN)/staticcheck ./...
 
+# The demo needs root; without it, make says so in one line before it
+# installs or builds anything.
+demo_needs_root := make demo needs root (tmpfs mounts, network namespaces, iptables): run it as root
+
+.PHONY: demo-root
+demo-root:
+	$(if $(filter 0,$(shell id -u)),,$(error $(demo_needs_root)))
+
 .PHONY: demo
-demo: deps controlplane ## Mount Key Vault objects into pods with kvdriver, offline, and show each step (root).
+demo: demo-root deps controlplane ## Show both jobs offline: kvdriver mounting Key Vault objects, nmi giving pods tokens (root).
 	$(TEST_ENV) $(GO) run ./test/demo
 
 .PHONY: clean

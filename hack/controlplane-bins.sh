@@ -22,14 +22,20 @@ cache=${KVNODE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kvnode}
 dir="$cache/controlplane/kube-$kube_version-etcd-$etcd_version"
 mkdir -p "$dir"
 
-build() { # build <module dir> <package> <output name>
+# shellcheck source=hack/progress.sh
+. "$root/hack/progress.sh"
+
+build() { # build <module dir> <package> <output name> <version>
 	local out="$dir/$3"
 	[[ -x "$out" ]] && return 0
-	echo "building $3 (first time only)..." >&2
-	(cd "$root/tools/$1" && CGO_ENABLED=0 go build -trimpath -o "$out.tmp" "$2") >&2
+	echo "building $3 $4 from the Go module proxy: first time only, cached in $dir" >&2
+	(cd "$root/tools/$1" && with_progress "$3" env CGO_ENABLED=0 go build -trimpath -o "$out.tmp" "$2") >&2
 	mv "$out.tmp" "$out"
 }
 
-build etcd ./cmd/etcd etcd
-build kube k8s.io/kubernetes/cmd/kube-apiserver kube-apiserver
+if [[ ! -x "$dir/etcd" || ! -x "$dir/kube-apiserver" ]]; then
+	echo "first-time setup: the tests' control plane (etcd, kube-apiserver) is built once; about 15 minutes on two cores" >&2
+fi
+build etcd ./cmd/etcd etcd "$etcd_version"
+build kube k8s.io/kubernetes/cmd/kube-apiserver kube-apiserver "$kube_version"
 echo "$dir"

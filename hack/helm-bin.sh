@@ -13,9 +13,11 @@ version=$(awk '$1 == "require" && $2 == "helm.sh/helm/v4" {print $3}' "$root/too
 cache=${KVNODE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kvnode}
 out="$cache/helm/$version/helm"
 if [[ ! -x "$out" ]]; then
-	echo "building helm $version (first time only)..." >&2
+	echo "building helm $version from the Go module proxy: first time only, about 2 minutes, cached in $(dirname "$out")" >&2
 	mkdir -p "$(dirname "$out")"
-	(cd "$root/tools/helm" && CGO_ENABLED=0 go build -trimpath -o "$out.tmp" helm.sh/helm/v4/cmd/helm) >&2
+	# shellcheck source=hack/progress.sh
+	. "$root/hack/progress.sh"
+	(cd "$root/tools/helm" && with_progress helm env CGO_ENABLED=0 go build -trimpath -o "$out.tmp" helm.sh/helm/v4/cmd/helm) >&2
 	mv "$out.tmp" "$out"
 fi
 echo "$out"

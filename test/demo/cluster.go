@@ -35,22 +35,28 @@ const driverName = csi.DefaultDriverName
 // chartNamespace is where the chart is installed.
 const chartNamespace = "kube-system"
 
-// driverRBAC is the chart's identity for kvdriver, installed.
-type driverRBAC struct {
-	serviceAccount string
+// chartIdentity is the chart's ServiceAccount for one component, installed
+// with its ClusterRole and ClusterRoleBinding.
+type chartIdentity struct {
+	serviceAccount string // namespace/name
 	objects        []string
 	// config authenticates as the ServiceAccount.
 	config *rest.Config
 }
 
-// installChartRBAC renders the Helm chart and creates its ServiceAccount,
-// ClusterRole and ClusterRoleBinding for kvdriver, so that kvdriver runs with
-// exactly the rights the chart gives it.
-func installChartRBAC(ctx context.Context, cp *controlplane.ControlPlane, helm, chart, dir string) (*driverRBAC, error) {
+// Components of the chart the demo runs, by the name of their
+// ServiceAccount, ClusterRole and ClusterRoleBinding.
+const (
+	kvdriverComponent = "kvnode-kvdriver"
+	nmiComponent      = "kvnode-nmi"
+)
+
+// installChartRBAC renders the Helm chart and creates the ServiceAccount,
+// ClusterRole and ClusterRoleBinding of kvdriver and of nmi, so that each
+// runs with exactly the rights the chart gives it.
+func installChartRBAC(ctx context.Context, cp *controlplane.ControlPlane, helm, chart, dir string) (map[string]*chartIdentity, error) {
 	helmHome := filepath.Join(dir, "helm")
-	// The demo runs kvdriver only: render the chart without nmi, so that the
-	// RBAC found below is kvdriver's alone.
-	cmd := exec.CommandContext(ctx, helm, "template", "kvnode", chart, "--namespace", chartNamespace, "--set", "nmi.enabled=false")
+	cmd := exec.CommandContext(ctx, helm, "template", "kvnode", chart, "--namespace", chartNamespace)
 	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+helmHome+"/cache", "HELM_CONFIG_HOME="+helmHome+"/config", "HELM_DATA_HOME="+helmHome+"/data")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -61,7 +67,7 @@ func installChartRBAC(ctx context.Context, cp *controlplane.ControlPlane, helm, 
 	if err := cp.EnsureNamespace(ctx, chartNamespace); err != nil {
 		return nil, err
 	}
-	out := &driverRBAC{}
+	out := map[string]*chartIdentity{kvdriverComponent: {}, nmiComponent: {}}
 	rd := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(manifest)))
 	for {
 		doc, err := rd.Read()
@@ -82,35 +88,46 @@ func installChartRBAC(ctx context.Context, cp *controlplane.ControlPlane, helm, 
 			return nil, err
 		}
 	}
-	if out.serviceAccount == "" || len(out.objects) < 3 {
-		return nil, fmt.Errorf("the chart rendered %v; want kvdriver's ServiceAccount, ClusterRole and ClusterRoleBinding", out.objects)
-	}
-	ns, name, _ := strings.Cut(out.serviceAccount, "/")
-	if out.config, err = cp.AsServiceAccount(ctx, ns, name); err != nil {
-		return nil, err
+	for name, id := range out {
+		if id.serviceAccount == "" || len(id.objects) < 3 {
+			return nil, fmt.Errorf("the chart rendered %v for %s; want its ServiceAccount, ClusterRole and ClusterRoleBinding", id.objects, name)
+		}
+		ns, sa, _ := strings.Cut(id.serviceAccount, "/")
+		if id.config, err = cp.AsServiceAccount(ctx, ns, sa); err != nil {
+			return nil, err
+		}
 	}
 	return out, nil
 }
 
-// createRBACObject creates obj if it is one of the chart's RBAC objects.
-func createRBACObject(ctx context.Context, client kubernetes.Interface, obj any, out *driverRBAC) error {
+// createRBACObject creates obj if it is the RBAC of one of the components
+// in out.
+func createRBACObject(ctx context.Context, client kubernetes.Interface, obj any, out map[string]*chartIdentity) error {
+	m, ok := obj.(metav1.Object)
+	if !ok {
+		return nil
+	}
+	id := out[m.GetName()]
+	if id == nil {
+		return nil
+	}
 	var err error
 	switch o := obj.(type) {
 	case *corev1.ServiceAccount:
 		_, err = client.CoreV1().ServiceAccounts(o.Namespace).Create(ctx, o, metav1.CreateOptions{})
-		out.serviceAccount = o.Namespace + "/" + o.Name
-		out.objects = append(out.objects, "ServiceAccount")
+		id.serviceAccount = o.Namespace + "/" + o.Name
+		id.objects = append(id.objects, "ServiceAccount")
 	case *rbacv1.ClusterRole:
 		_, err = client.RbacV1().ClusterRoles().Create(ctx, o, metav1.CreateOptions{})
-		out.objects = append(out.objects, "ClusterRole")
+		id.objects = append(id.objects, "ClusterRole")
 	case *rbacv1.ClusterRoleBinding:
 		_, err = client.RbacV1().ClusterRoleBindings().Create(ctx, o, metav1.CreateOptions{})
-		out.objects = append(out.objects, "ClusterRoleBinding")
+		id.objects = append(id.objects, "ClusterRoleBinding")
 	default:
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("create the chart's %s: %w", out.objects[len(out.objects)-1], err)
+		return fmt.Errorf("create the chart's %s %s: %w", id.objects[len(id.objects)-1], m.GetName(), err)
 	}
 	return nil
 }
@@ -149,29 +166,57 @@ func createClass(ctx context.Context, dyn dynamic.Interface, namespace, file str
 	return info, nil
 }
 
-// createPod stores a pod that mounts class as an inline CSI volume with the
-// service principal's Secret as nodePublishSecretRef. No kubelet runs it:
-// the demo is its kubelet.
-func createPod(ctx context.Context, client kubernetes.Interface, namespace, name, serviceAccount, class string) (*corev1.Pod, error) {
+// demoPod is a pod the demo stores. No kubelet runs it: the demo is its
+// kubelet.
+type demoPod struct {
+	name, serviceAccount string
+	// class, when set, is the SecretProviderClass of an inline CSI volume.
+	class string
+	// spSecret, when set, is the volume's nodePublishSecretRef.
+	spSecret string
+	// node, when set, puts the pod on the node.
+	node string
+}
+
+// createPod stores p in namespace.
+func createPod(ctx context.Context, client kubernetes.Interface, namespace string, p demoPod) (*corev1.Pod, error) {
 	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name, Labels: map[string]string{"app": "web"}},
+		ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: p.name, Labels: map[string]string{"app": p.serviceAccount}},
 		Spec: corev1.PodSpec{
-			ServiceAccountName: serviceAccount,
-			Containers: []corev1.Container{{
-				Name: "app", Image: "registry.invalid/web:1",
-				VolumeMounts: []corev1.VolumeMount{{Name: volumeName, MountPath: "/mnt/secrets-store", ReadOnly: true}},
-			}},
-			Volumes: []corev1.Volume{{Name: volumeName, VolumeSource: corev1.VolumeSource{CSI: &corev1.CSIVolumeSource{
-				Driver:               driverName,
-				ReadOnly:             ptr.To(true),
-				VolumeAttributes:     map[string]string{"secretProviderClass": class},
-				NodePublishSecretRef: &corev1.LocalObjectReference{Name: spSecretName},
-			}}}},
+			NodeName:           p.node,
+			ServiceAccountName: p.serviceAccount,
+			Containers:         []corev1.Container{{Name: "app", Image: "registry.invalid/" + p.serviceAccount + ":1"}},
 		},
+	}
+	if p.class != "" {
+		pod.Spec.Containers[0].VolumeMounts = []corev1.VolumeMount{{Name: volumeName, MountPath: "/mnt/secrets-store", ReadOnly: true}}
+		csiVol := &corev1.CSIVolumeSource{
+			Driver:           driverName,
+			ReadOnly:         ptr.To(true),
+			VolumeAttributes: map[string]string{"secretProviderClass": p.class},
+		}
+		if p.spSecret != "" {
+			csiVol.NodePublishSecretRef = &corev1.LocalObjectReference{Name: p.spSecret}
+		}
+		pod.Spec.Volumes = []corev1.Volume{{Name: volumeName, VolumeSource: corev1.VolumeSource{CSI: csiVol}}}
 	}
 	out, err := client.CoreV1().Pods(namespace).Create(ctx, pod, metav1.CreateOptions{})
 	if err != nil {
-		return nil, fmt.Errorf("create pod %s/%s: %w", namespace, name, err)
+		return nil, fmt.Errorf("create pod %s/%s: %w", namespace, p.name, err)
+	}
+	return out, nil
+}
+
+// reportRunning reports pod Running with address ip, as kubelet does once
+// the CNI has wired the pod's network.
+func reportRunning(ctx context.Context, client kubernetes.Interface, pod *corev1.Pod, ip string) (*corev1.Pod, error) {
+	pod = pod.DeepCopy()
+	pod.Status.Phase = corev1.PodRunning
+	pod.Status.PodIP = ip
+	pod.Status.PodIPs = []corev1.PodIP{{IP: ip}}
+	out, err := client.CoreV1().Pods(pod.Namespace).UpdateStatus(ctx, pod, metav1.UpdateOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("report pod %s/%s running: %w", pod.Namespace, pod.Name, err)
 	}
 	return out, nil
 }

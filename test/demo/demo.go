@@ -66,17 +66,26 @@ type demo struct {
 	dir   string // the demo's temporary directory, removed by the outer process
 	bin   string // kvdriver
 	helm  string
+	// nmiBin and sdkClient are nmi and the Azure SDK client the pods run.
+	nmiBin, sdkClient string
 
 	seed   emulator.Config
 	app    emulator.ApplicationConfig
 	emu    *emulator.Emulator
 	cp     *controlplane.ControlPlane
 	dyn    dynamic.Interface
-	driver *driverProcess
+	driver *daemonProcess
 	csi    csipb.NodeClient
 	ident  csipb.IdentityClient
-	rbac   *driverRBAC
+	ids    map[string]*chartIdentity // by component
 	class  *classInfo
+
+	// nmi's half.
+	nmi      *daemonProcess
+	nmiHost  string // its node-only listener, which kvdriver calls
+	mi       emulator.ManagedIdentityConfig
+	podClass *classInfo
+	podNets  []*podNet
 
 	// cleanups run last to first when the demo ends.
 	cleanups []cleanup
@@ -106,16 +115,21 @@ func runInside() error {
 		start = time.Now()
 	}
 	d := &demo{out: os.Stdout, start: start, root: root,
-		dir: os.Getenv(envDir), bin: os.Getenv(envKVDriver), helm: os.Getenv(envHelm)}
-	if d.dir == "" || d.bin == "" {
-		return fmt.Errorf("%s and %s are not set; run the demo with go run ./test/demo", envDir, envKVDriver)
+		dir: os.Getenv(envDir), bin: os.Getenv(envKVDriver), helm: os.Getenv(envHelm),
+		nmiBin: os.Getenv(envNMI), sdkClient: os.Getenv(envSDKClient)}
+	if d.dir == "" || d.bin == "" || d.nmiBin == "" || d.sdkClient == "" {
+		return fmt.Errorf("%s, %s, %s and %s are not set; run the demo with go run ./test/demo", envDir, envKVDriver, envNMI, envSDKClient)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
 	err = d.run(ctx)
-	if err != nil && d.driver != nil && ctx.Err() == nil {
-		fmt.Fprintf(os.Stderr, "\nlast lines of the kvdriver log (%s):\n%s", d.driver.logPath, d.driver.logTail(20))
+	if err != nil && ctx.Err() == nil {
+		for _, p := range []*daemonProcess{d.driver, d.nmi} {
+			if p != nil {
+				fmt.Fprintf(os.Stderr, "\nlast lines of the %s log (%s):\n%s", p.name, p.logPath, p.logTail(20))
+			}
+		}
 	}
 	if cerr := d.shutdown(); cerr != nil {
 		err = errors.Join(err, cerr)
@@ -188,13 +202,16 @@ func (d *demo) run(ctx context.Context) error {
 	if err := d.startBackends(ctx); err != nil {
 		return err
 	}
-	if err := d.startDriver(ctx); err != nil {
+	if err := d.startDaemons(ctx); err != nil {
 		return err
 	}
-	// Stored while kvdriver starts: the API server's first write of a
-	// custom resource takes a moment.
+	// Stored while kvdriver and nmi start: the API server's first write of
+	// a custom resource takes a moment.
 	pods, err := d.createWorkload(ctx)
 	if err != nil {
+		return err
+	}
+	if err := d.createIdentityWorkload(ctx); err != nil {
 		return err
 	}
 	if err := d.driverReady(ctx); err != nil {
@@ -209,7 +226,10 @@ func (d *demo) run(ctx context.Context) error {
 	if err := d.rotate(ctx, pods[0]); err != nil {
 		return err
 	}
-	return d.unpublish(ctx, pods)
+	if err := d.unpublish(ctx, pods); err != nil {
+		return err
+	}
+	return d.identityStory(ctx)
 }
 
 // startBackends starts the Azure emulator and the control plane side by side.
@@ -221,7 +241,10 @@ func (d *demo) startBackends(ctx context.Context) error {
 	if len(seed.Applications) == 0 || seed.Applications[0].Secret == "" {
 		return fmt.Errorf("%s: the demo needs an application with a client secret", emulatorSeedFile)
 	}
-	d.seed, d.app = seed, seed.Applications[0]
+	if len(seed.ManagedIdentities) == 0 {
+		return fmt.Errorf("%s: the demo needs a managed identity", emulatorSeedFile)
+	}
+	d.seed, d.app, d.mi = seed, seed.Applications[0], seed.ManagedIdentities[0]
 
 	var (
 		g          errgroup.Group
@@ -298,22 +321,35 @@ func addHistory(ctx context.Context, emu *emulator.Emulator, seed emulator.Confi
 	return len(values), nil
 }
 
-// startDriver starts kvdriver as the chart's ServiceAccount, with the
-// emulator's environment, and connects to its CSI socket.
-func (d *demo) startDriver(ctx context.Context) error {
-	rbac, err := installChartRBAC(ctx, d.cp, d.helm, filepath.Join(d.root, chartDir), d.dir)
+// startDaemons installs the chart's RBAC and starts kvdriver and nmi, each
+// as its chart ServiceAccount, with the emulator's environment.
+func (d *demo) startDaemons(ctx context.Context) error {
+	ids, err := installChartRBAC(ctx, d.cp, d.helm, filepath.Join(d.root, chartDir), d.dir)
 	if err != nil {
 		return err
 	}
-	kubeconfig, err := d.cp.WriteKubeconfig(d.dir, rbac.config)
+	d.ids = ids
+	if d.nmiHost, err = freeLoopbackAddr(); err != nil {
+		return err
+	}
+	if err := d.startDriver(); err != nil {
+		return err
+	}
+	return d.startNMI()
+}
+
+// startDriver starts kvdriver and connects to its CSI socket.
+func (d *demo) startDriver() error {
+	kubeconfig, err := d.cp.WriteKubeconfig(filepath.Join(d.dir, "kvdriver"), d.ids[kvdriverComponent].config)
 	if err != nil {
 		return fmt.Errorf("write kvdriver's kubeconfig: %w", err)
 	}
 	sock := filepath.Join(d.dir, "csi.sock")
 	args := []string{"--endpoint", "unix://" + sock, "--nodeid", nodeName, "--kubeconfig", kubeconfig,
-		"--object-cache-ttl", cacheTTL.String(), "--rotation-poll-interval", cacheTTL.String(), "-v", "2"}
+		"--object-cache-ttl", cacheTTL.String(), "--rotation-poll-interval", cacheTTL.String(),
+		"--nmi-endpoint", "http://" + d.nmiHost, "--metrics-addr", "", "-v", "2"}
 	env := append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + d.dir}, d.emu.Env()...)
-	drv, err := startDriverProcess(d.bin, args, env, filepath.Join(d.dir, "kvdriver.log"))
+	drv, err := startDaemon("kvdriver", d.bin, args, env, filepath.Join(d.dir, "kvdriver.log"))
 	if err != nil {
 		return err
 	}
@@ -324,8 +360,18 @@ func (d *demo) startDriver(ctx context.Context) error {
 		return err
 	}
 	d.onShutdown("", conn.Close)
-	d.csi, d.ident, d.rbac = node, ident, rbac
+	d.csi, d.ident = node, ident
 	return nil
+}
+
+// freeLoopbackAddr returns a loopback address with a port nothing listens on.
+func freeLoopbackAddr() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", fmt.Errorf("find a free loopback port: %w", err)
+	}
+	addr := ln.Addr().String()
+	return addr, ln.Close()
 }
 
 // driverReady waits until kvdriver says it is ready.
@@ -333,7 +379,7 @@ func (d *demo) driverReady(ctx context.Context) error {
 	if err := waitReady(ctx, d.ident, d.driver); err != nil {
 		return err
 	}
-	d.step("kvdriver ready on its CSI socket, as ServiceAccount %s with the chart's RBAC", d.rbac.serviceAccount)
+	d.step("kvdriver ready on its CSI socket, as ServiceAccount %s with the chart's RBAC", d.ids[kvdriverComponent].serviceAccount)
 	d.detail("--object-cache-ttl %s; HTTPS_PROXY=%s (the emulator); log %s",
 		cacheTTL, d.emu.ProxyURL(), strings.TrimPrefix(d.driver.logPath, d.dir+"/"))
 	return nil
@@ -357,7 +403,7 @@ func (d *demo) createWorkload(ctx context.Context) ([]*corev1.Pod, error) {
 	}
 	var pods []*corev1.Pod
 	for _, name := range []string{"web-0", "web-1"} {
-		pod, err := createPod(ctx, d.cp.Client, namespace, name, serviceAccount, class.name)
+		pod, err := createPod(ctx, d.cp.Client, namespace, demoPod{name: name, serviceAccount: serviceAccount, class: class.name, spSecret: spSecretName})
 		if err != nil {
 			return nil, err
 		}
@@ -374,8 +420,10 @@ func (d *demo) spSecrets() map[string]string {
 	return map[string]string{"clientid": d.app.ClientID, "clientsecret": d.app.Secret}
 }
 
-func (d *demo) publish(ctx context.Context, pod *corev1.Pod) (*csipb.NodePublishVolumeRequest, time.Duration, error) {
-	req := kubelet.PublishRequest(d.kubeletRoot(), pod, volumeName, d.class.name, d.spSecrets(), nil)
+// publish calls NodePublishVolume as kubelet does for pod's volume of
+// class, with secrets from its nodePublishSecretRef.
+func (d *demo) publish(ctx context.Context, pod *corev1.Pod, class string, secrets map[string]string) (*csipb.NodePublishVolumeRequest, time.Duration, error) {
+	req := kubelet.PublishRequest(d.kubeletRoot(), pod, volumeName, class, secrets, nil)
 	// What kubelet creates before it calls the driver.
 	if err := os.MkdirAll(filepath.Dir(req.TargetPath), 0o750); err != nil {
 		return nil, 0, fmt.Errorf("create the volume's directory: %w", err)
@@ -389,11 +437,16 @@ func (d *demo) publish(ctx context.Context, pod *corev1.Pod) (*csipb.NodePublish
 	return req, time.Since(start), nil
 }
 
+// unpublishRequest is kubelet's NodeUnpublishVolume for a published volume.
+func unpublishRequest(req *csipb.NodePublishVolumeRequest) *csipb.NodeUnpublishVolumeRequest {
+	return &csipb.NodeUnpublishVolumeRequest{VolumeId: req.VolumeId, TargetPath: req.TargetPath}
+}
+
 func (d *demo) kubeletRoot() string { return filepath.Join(d.dir, "kubelet") }
 
 func (d *demo) firstMount(ctx context.Context, pod *corev1.Pod) error {
 	since := time.Now()
-	req, took, err := d.publish(ctx, pod)
+	req, took, err := d.publish(ctx, pod, d.class.name, d.spSecrets())
 	if err != nil {
 		return err
 	}
@@ -507,7 +560,7 @@ func (d *demo) podStatus(ctx context.Context, pod *corev1.Pod) (string, error) {
 
 func (d *demo) cachedMount(ctx context.Context, pod *corev1.Pod) error {
 	since := time.Now()
-	req, took, err := d.publish(ctx, pod)
+	req, took, err := d.publish(ctx, pod, d.class.name, d.spSecrets())
 	if err != nil {
 		return err
 	}
@@ -543,7 +596,7 @@ func (d *demo) rotate(ctx context.Context, pod *corev1.Pod) error {
 		return fmt.Errorf("read ..data: %w", err)
 	}
 	since := time.Now()
-	_, took, err := d.publish(ctx, pod)
+	_, took, err := d.publish(ctx, pod, d.class.name, d.spSecrets())
 	if err != nil {
 		return err
 	}

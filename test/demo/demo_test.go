@@ -63,10 +63,23 @@ func TestDemoRunsToCompletion(t *testing.T) {
 		"0 Key Vault requests, 0 Entra ID requests: served from kvdriver's object cache",
 		"db-password   = " + rotatedValue,
 		"NodeUnpublishVolume for demo/web-0 and demo/web-1: tmpfs unmounted",
-		"stopped kvdriver, kube-apiserver and etcd, Azure emulator; no mounts left",
+		// nmi's half.
+		"iptables -t nat: -A KVNODE-NMI -d 169.254.169.254/32 ! -i lo -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.200.0.1:2579",
+		"appid 5a6b7c8d-9e0f-4a1b-8c2d-3e4f5a6b7c8d (the managed identity), aud https://vault.azure.net,",
+		"nmi asked upstream for it: 1 IMDS request ",
+		"0 IMDS requests, 0 Entra ID requests: served from nmi's token cache",
+		"(ServiceAccount batch, no identity bound) asks the same: refused, HTTP 403",
+		"nmi's answer, as the SDK reports it: invalid_request: No identity is bound to this pod",
+		"db-password   = " + rotatedValue + "   (read with the managed identity's token)",
+		"and for the pod's token (nmi had it cached): 0 IMDS requests",
+		"NodeUnpublishVolume for demo/api-0: unmounted",
+		"stopped nmi (its iptables rules removed), kvdriver, kube-apiserver and etcd, Azure emulator; no mounts left",
 	} {
 		assert.Contains(t, out, want)
 	}
+	assert.Regexp(t, `pod demo/api-0 -> 169.254.169.254: Azure SDK ManagedIdentityCredential, no options: token in \d+ms`, out)
+	assert.Regexp(t, `NodePublishVolume for pod demo/api-0, class kvnode-demo-pod-identity \(usePodIdentity\): ok in \d+ms`, out)
+	assert.NotContains(t, out+stderr.String(), "eyJ", "something that looks like a token is printed")
 	assert.Regexp(t, `the emulator counted for this mount: \d+ Key Vault requests`, out)
 	assert.Regexp(t, `CERTIFICATE  leaf .*\n.*CERTIFICATE  intermediate .*\n.*CERTIFICATE  root `, out)
 	// Narrative only: no log lines of the libraries or of kvdriver.
@@ -84,6 +97,9 @@ func TestDemoRunsToCompletion(t *testing.T) {
 	for _, mp := range mounts {
 		assert.False(t, strings.HasPrefix(mp.Path, m[1]), "left mounted: %s", mp.Path)
 	}
+	left, err := filepath.Glob(filepath.Join("/run/netns", filepath.Base(m[1])+"-*"))
+	require.NoError(t, err)
+	assert.Empty(t, left, "pod network namespaces left behind")
 }
 
 // Without root the demo says what it needs and fails.
@@ -100,6 +116,37 @@ func TestDemoNeedsRoot(t *testing.T) {
 	var ee *exec.ExitError
 	require.ErrorAs(t, err, &ee, "stdout %q stderr %q", stdout.String(), stderr.String())
 	assert.Equal(t, 1, ee.ExitCode())
-	assert.Equal(t, "kvnode demo: make demo needs root (tmpfs mounts, network namespaces)\n", stderr.String())
+	assert.Equal(t, "kvnode demo: make demo needs root (tmpfs mounts, network namespaces, iptables)\n", stderr.String())
 	assert.Empty(t, stdout.String())
+}
+
+// Without root `make demo` says so in one line, before it installs or
+// builds anything.
+func TestMakeDemoNeedsRoot(t *testing.T) {
+	if _, err := exec.LookPath("make"); err != nil {
+		t.Skip("skipped: make is missing")
+	}
+	root, err := repoRoot()
+	require.NoError(t, err)
+	cmd := exec.Command("make", "--no-print-directory", "-C", root, "demo")
+	if os.Geteuid() == 0 {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+		// The unprivileged user must be able to read the Makefile.
+		if err := syscall.Access(filepath.Join(root, "Makefile"), 4); err != nil {
+			t.Skipf("skipped: %v", err)
+		}
+		f, err := os.Stat(root)
+		require.NoError(t, err)
+		if f.Mode().Perm()&0o005 != 0o005 {
+			t.Skipf("skipped: %s is not readable by other users", root)
+		}
+	}
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=/nonexistent"}
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err = cmd.Run()
+	var ee *exec.ExitError
+	require.ErrorAs(t, err, &ee, "stdout %q stderr %q", stdout.String(), stderr.String())
+	assert.Empty(t, stdout.String())
+	assert.Regexp(t, `^Makefile:\d+: \*\*\* make demo needs root \(tmpfs mounts, network namespaces, iptables\): run it as root\.  Stop\.\n$`, stderr.String())
 }

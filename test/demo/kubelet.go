@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -17,8 +16,9 @@ import (
 	"k8s.io/mount-utils"
 )
 
-// driverProcess is a running kvdriver.
-type driverProcess struct {
+// daemonProcess is a running kvdriver or nmi.
+type daemonProcess struct {
+	name    string
 	cmd     *exec.Cmd
 	logPath string
 	log     *os.File
@@ -26,12 +26,12 @@ type driverProcess struct {
 	err     error // Wait's result, once done is closed
 }
 
-// startDriverProcess runs bin with args and exactly env, its output going to
-// logPath.
-func startDriverProcess(bin string, args, env []string, logPath string) (*driverProcess, error) {
+// startDaemon runs bin, named name in messages, with args and exactly env,
+// its output going to logPath.
+func startDaemon(name, bin string, args, env []string, logPath string) (*daemonProcess, error) {
 	log, err := os.Create(logPath)
 	if err != nil {
-		return nil, fmt.Errorf("create kvdriver's log: %w", err)
+		return nil, fmt.Errorf("create %s's log: %w", name, err)
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Env = env
@@ -39,9 +39,9 @@ func startDriverProcess(bin string, args, env []string, logPath string) (*driver
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		log.Close()
-		return nil, fmt.Errorf("start kvdriver: %w", err)
+		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
-	p := &driverProcess{cmd: cmd, logPath: logPath, log: log, done: make(chan struct{})}
+	p := &daemonProcess{name: name, cmd: cmd, logPath: logPath, log: log, done: make(chan struct{})}
 	go func() {
 		p.err = cmd.Wait()
 		close(p.done)
@@ -49,13 +49,13 @@ func startDriverProcess(bin string, args, env []string, logPath string) (*driver
 	return p, nil
 }
 
-// stop asks kvdriver to stop as the kubelet's container runtime does
+// stop asks the daemon to stop as the kubelet's container runtime does
 // (SIGTERM), and kills it after 10 seconds.
-func (p *driverProcess) stop() error {
+func (p *daemonProcess) stop() error {
 	defer p.log.Close()
 	select {
 	case <-p.done:
-		return fmt.Errorf("kvdriver had exited: %v", p.err)
+		return fmt.Errorf("%s had exited: %v", p.name, p.err)
 	default:
 	}
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
@@ -64,16 +64,16 @@ func (p *driverProcess) stop() error {
 	case <-time.After(10 * time.Second):
 		_ = p.cmd.Process.Kill()
 		<-p.done
-		return errors.New("kvdriver ignored SIGTERM for 10s and was killed")
+		return fmt.Errorf("%s ignored SIGTERM for 10s and was killed", p.name)
 	}
 	if p.err != nil {
-		return fmt.Errorf("kvdriver: %w", p.err)
+		return fmt.Errorf("%s: %w", p.name, p.err)
 	}
 	return nil
 }
 
-// logTail returns the last n lines of kvdriver's log.
-func (p *driverProcess) logTail(n int) string {
+// logTail returns the last n lines of the daemon's log.
+func (p *daemonProcess) logTail(n int) string {
 	b, err := os.ReadFile(p.logPath)
 	if err != nil {
 		return err.Error() + "\n"
@@ -96,7 +96,7 @@ func dialCSI(sock string) (*grpc.ClientConn, csipb.IdentityClient, csipb.NodeCli
 
 // waitReady probes kvdriver until it says it is ready (its
 // SecretProviderClass informer has synced).
-func waitReady(ctx context.Context, ident csipb.IdentityClient, p *driverProcess) error {
+func waitReady(ctx context.Context, ident csipb.IdentityClient, p *daemonProcess) error {
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		pctx, cancel := context.WithTimeout(ctx, time.Second)

@@ -24,7 +24,7 @@ import (
 const modulePath = "github.com/kvnode/kvnode"
 
 // errNotRoot is the whole message when the demo cannot run.
-var errNotRoot = errors.New("make demo needs root (tmpfs mounts, network namespaces)")
+var errNotRoot = errors.New("make demo needs root (tmpfs mounts, network namespaces, iptables)")
 
 // runOutside prepares what needs the machine's network or the repository's
 // scripts (the kvdriver build, the control-plane binaries, Helm), re-executes
@@ -62,14 +62,15 @@ func runOutside() error {
 		}
 	}()
 
-	fmt.Printf("kvnode demo: kvdriver mounts Azure Key Vault objects into pods, offline\n")
-	fmt.Printf("[%5.1fs] building kvdriver (go build ./cmd/kvdriver) into %s\n", time.Since(start).Seconds(), dir)
-	kvdriver := filepath.Join(dir, "bin", "kvdriver")
-	build := exec.Command("go", "build", "-o", kvdriver, "./cmd/kvdriver")
+	fmt.Printf("kvnode demo: kvdriver mounts Azure Key Vault objects into pods, nmi gives pods their identities' tokens; offline\n")
+	fmt.Printf("[%5.1fs] building kvdriver, nmi and an Azure SDK client (go build ./cmd/kvdriver ./cmd/nmi ./test/sdkclient) into %s\n",
+		time.Since(start).Seconds(), dir)
+	bin := filepath.Join(dir, "bin")
+	build := exec.Command("go", "build", "-o", bin+"/", "./cmd/kvdriver", "./cmd/nmi", "./test/sdkclient")
 	build.Dir = root
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		return fmt.Errorf("build kvdriver: %w", err)
+	if err := runWithProgress(build, start, "go build"); err != nil {
+		return fmt.Errorf("build kvdriver, nmi and sdkclient: %w", err)
 	}
 
 	// Temporary files of the control plane go below dir too, so that they
@@ -79,7 +80,8 @@ func runOutside() error {
 		return fmt.Errorf("create the demo's directory: %w", err)
 	}
 	cmd, err := netns.Command([]string{
-		envInside + "=1", envStart + "=" + start.Format(time.RFC3339Nano), envDir + "=" + dir, envKVDriver + "=" + kvdriver,
+		envInside + "=1", envStart + "=" + start.Format(time.RFC3339Nano), envDir + "=" + dir, envKVDriver + "=" + filepath.Join(bin, "kvdriver"),
+		envNMI + "=" + filepath.Join(bin, "nmi"), envSDKClient + "=" + filepath.Join(bin, "sdkclient"),
 		envAssets + "=" + assets, envHelm + "=" + helm, "TMPDIR=" + tmp,
 	})
 	if err != nil {
@@ -172,14 +174,18 @@ func toolPath(root, env, script string) (string, error) {
 	return strings.TrimSpace(string(out)), nil
 }
 
-// removeDemoDir detaches any mount left below dir (only a demo that was
-// killed leaves one) and removes dir.
+// removeDemoDir detaches any mount left below dir and deletes any pod
+// network namespace left in /run/netns (only a demo that was killed leaves
+// them), and removes dir.
 func removeDemoDir(dir string) error {
 	left, err := mountsBelow(dir)
 	if err != nil {
 		return err
 	}
 	var errs []error
+	if err := removeLeftPodNetworks(dir); err != nil {
+		errs = append(errs, err)
+	}
 	for _, m := range left {
 		if err := unix.Unmount(m, unix.MNT_DETACH); err != nil {
 			errs = append(errs, fmt.Errorf("unmount %s: %w", m, err))
@@ -196,7 +202,7 @@ func removeDemoDir(dir string) error {
 
 // killLeftovers kills the processes still in the network namespace ns once
 // the demo inside has exited: processes the demo started (etcd,
-// kube-apiserver, kvdriver) that outlived it because it was killed.
+// kube-apiserver, kvdriver, nmi) that outlived it because it was killed.
 func killLeftovers(ns *os.File) error {
 	var want unix.Stat_t
 	if err := unix.Fstat(int(ns.Fd()), &want); err != nil {
@@ -257,4 +263,30 @@ func processesIn(ns unix.Stat_t) ([]int, error) {
 // inherited by the programs the demo runs.
 func ignoreBrokenPipe() {
 	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
+}
+
+// progressEvery is how often a long build says it is still going.
+const progressEvery = 30 * time.Second
+
+// runWithProgress runs cmd and, while it runs, prints every progressEvery
+// that what is still running, with the time since start: a first build
+// downloads and compiles modules for minutes.
+func runWithProgress(cmd *exec.Cmd, start time.Time, what string) error {
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	began := time.Now()
+	tick := time.NewTicker(progressEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case err := <-done:
+			return err
+		case <-tick.C:
+			fmt.Printf("[%5.1fs] still running %s (%s so far; a first build fetches and compiles modules, later runs reuse the build cache)\n",
+				time.Since(start).Seconds(), what, time.Since(began).Round(time.Second))
+		}
+	}
 }
