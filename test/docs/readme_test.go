@@ -4,6 +4,7 @@ package docs
 import (
 	"bufio"
 	"flag"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -37,6 +38,9 @@ var (
 // without klog's, which every kvnode binary registers as they are.
 func binaryFlags(t *testing.T, pkg string) map[string]helpFlag {
 	t.Helper()
+	if flags, ok := builtFlags[pkg]; ok {
+		return maps.Clone(flags)
+	}
 	bin := filepath.Join(t.TempDir(), filepath.Base(pkg))
 	out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput()
 	require.NoError(t, err, "go build %s: %s", pkg, out)
@@ -65,8 +69,13 @@ func binaryFlags(t *testing.T, pkg string) map[string]helpFlag {
 		}
 	}
 	require.NotEmpty(t, flags, "no flags found in %s --help:\n%s", pkg, help)
-	return flags
+	builtFlags[pkg] = flags
+	return maps.Clone(flags)
 }
+
+// builtFlags holds binaryFlags' answers, so that each binary is built once
+// per test run (the tests of this package do not run in parallel).
+var builtFlags = map[string]map[string]helpFlag{}
 
 // readmeRow is one row of a README table whose first cell names keys (flags
 // or chart values) in backticks and whose second is their default.
