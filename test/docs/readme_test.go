@@ -304,3 +304,50 @@ func TestReadmeChartValues(t *testing.T) {
 	slices.Sort(missing)
 	assert.Empty(t, missing, "chart values the README's table does not document")
 }
+
+var (
+	// A Go test, benchmark or fuzz target the README names; a trailing *
+	// stands for every one with that prefix.
+	readmeTestName = regexp.MustCompile(`\b(?:Test|Benchmark|Fuzz)[A-Z][A-Za-z0-9_]*\*?`)
+	testFuncDecl   = regexp.MustCompile(`(?m)^func ((?:Test|Benchmark|Fuzz)[A-Z][A-Za-z0-9_]*)\(`)
+)
+
+// The tests the README cites as proof exist under those names.
+func TestReadmeNamesOnlyTestsThatExist(t *testing.T) {
+	var defined []string
+	root := filepath.Join("..", "..")
+	err := filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() && (d.Name() == ".git" || d.Name() == "testdata") {
+			return filepath.SkipDir
+		}
+		if d.IsDir() || !strings.HasSuffix(path, "_test.go") {
+			return nil
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		for _, m := range testFuncDecl.FindAllSubmatch(b, -1) {
+			defined = append(defined, string(m[1]))
+		}
+		return nil
+	})
+	require.NoError(t, err)
+	require.NotEmpty(t, defined)
+
+	cited := map[string]bool{}
+	for _, name := range readmeTestName.FindAllString(readReadme(t), -1) {
+		cited[name] = true
+	}
+	require.NotEmpty(t, cited, "the README names no test")
+	for name := range cited {
+		prefix, wildcard := strings.CutSuffix(name, "*")
+		found := slices.ContainsFunc(defined, func(d string) bool {
+			return d == name || (wildcard && strings.HasPrefix(d, prefix))
+		})
+		assert.True(t, found, "the README names %s, which no _test.go file defines", name)
+	}
+}
