@@ -8,6 +8,9 @@ BIN := bin
 # Test timeout for the whole suite; the control plane binaries are built
 # before the tests start, not inside this budget.
 TEST_TIMEOUT ?= 20m
+# Benchmarks `make bench` runs (a go test -bench pattern), and packages.
+BENCH ?= .
+BENCH_PKGS ?= ./...
 # Time per fuzz target in `make fuzz`.
 FUZZTIME ?= 30s
 
@@ -41,8 +44,8 @@ e2e: deps controlplane ## Run only the end-to-end tests.
 	$(TEST_ENV) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v ./test/e2e/...
 
 .PHONY: bench
-bench: deps controlplane ## Run the benchmarks with allocation counts, and the load tests (root).
-	$(TEST_ENV) $(GO) test -run '^$$' -bench . -benchmem -count 1 -timeout 60m ./...
+bench: deps controlplane ## Run the benchmarks with allocation counts, and the load tests (root); BENCH=pattern BENCH_PKGS=packages for a subset.
+	$(TEST_ENV) $(GO) test -run '^$$' -bench '$(BENCH)' -benchmem -count 1 -timeout 60m $(BENCH_PKGS)
 
 .PHONY: fuzz
 fuzz: ## Run every fuzz target for FUZZTIME each (default 30s); prints executions and new corpus entries.
