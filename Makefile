@@ -73,7 +73,8 @@ demo-root:
 
 .PHONY: demo
 demo: demo-root deps controlplane ## Show both jobs offline: kvdriver mounting Key Vault objects, nmi giving pods tokens (root).
-	$(TEST_ENV) $(GO) run ./test/demo
+	@hack/with-progress.sh "the demo program" $(GO) build -o $(BIN)/demo ./test/demo
+	@$(TEST_ENV) $(BIN)/demo
 
 .PHONY: clean
 clean: ## Remove build output.
