@@ -60,13 +60,14 @@ func answers(t *testing.T, addr, raw string) ([]int, error) {
 }
 
 // TestConnectionClosedAfterRefusalOrAmbiguousFraming sends request
-// smuggling variants and pipelined requests over raw TCP. After a refusal,
-// and after any request whose body framing is ambiguous or present at all,
-// the server answers once and closes the connection (RFC 9112 section 6.1
-// and 6.3): whatever follows on the wire is never parsed as a request.
+// smuggling variants and pipelined requests over raw TCP. After refusing a
+// malformed request (target, method, headers, query), and after any request
+// whose body framing is ambiguous or present at all, the server answers
+// once and closes the connection (RFC 9112 section 6.1 and 6.3): whatever
+// follows on the wire is never parsed as a request.
 func TestConnectionClosedAfterRefusalOrAmbiguousFraming(t *testing.T) {
 	w := newTestWorld(t, nil)
-	addrs := w.serve(t, podIP, unboundIP)
+	addrs := w.serve(t, podIP, unboundIP, strangerIP)
 	tok := TokenPath + "?" + goodQuery
 	// The request hidden in a body: a token request the pod may make.
 	hidden := keepAlive("GET", tok, "", md)
@@ -107,20 +108,31 @@ func TestConnectionClosedAfterRefusalOrAmbiguousFraming(t *testing.T) {
 		{"pipelined after 404", podIP, keepAlive("GET", "/metadata/identity/oauth2/token/?"+goodQuery, "", md) + hidden, []int{404}},
 		{"pipelined after 400", podIP, keepAlive("GET", tok, "") + hidden, []int{400}},
 		{"pipelined after 405", podIP, keepAlive("PUT", tok, "", md, "Content-Length: 0") + hidden, []int{405}},
-		{"pipelined after 403", unboundIP, keepAlive("GET", tok, "", md) + hidden, []int{403}},
-		// Control: well-formed requests keep the connection.
-		{"two good requests", podIP, hidden + hidden, []int{200, 200}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			statuses, err := answers(t, addrs[tc.from], tc.raw)
-			if tc.name == "two good requests" {
-				assert.Equal(t, tc.want, statuses)
-				assert.True(t, errors.Is(err, os.ErrDeadlineExceeded), "a good request keeps the connection open: %v", err)
-				return
-			}
 			assert.Equal(t, tc.want, statuses, "one answer, and nothing for the request that followed it")
 			assert.ErrorIs(t, err, io.EOF, "the server must close the connection after the answer")
+		})
+	}
+
+	// Well-formed requests keep the connection, answered or refused: what
+	// follows them on the wire is the next request either way, and a
+	// client's retry then costs no new connection (and no conntrack entry).
+	for _, tc := range []struct {
+		name string
+		from string
+		want []int
+	}{
+		{"two good requests", podIP, []int{200, 200}},
+		{"403: no identity bound", unboundIP, []int{403, 403}},
+		{"404: not a pod of this node", strangerIP, []int{404, 404}},
+	} {
+		t.Run("kept after "+tc.name, func(t *testing.T) {
+			statuses, err := answers(t, addrs[tc.from], hidden+hidden)
+			assert.Equal(t, tc.want, statuses)
+			assert.True(t, errors.Is(err, os.ErrDeadlineExceeded), "a well-formed request keeps the connection open: %v", err)
 		})
 	}
 }

@@ -267,9 +267,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // before the handler runs (Content-Length for a chunked HTTP/1.1 request,
 // Transfer-Encoding for HTTP/1.0) and would then read on, so nmi closes
 // after every request that has a body at all (no endpoint takes one) and
-// after every HTTP/1.0 request. Refusals close the connection in
-// writeError. Either way nothing that follows on the wire is ever parsed
-// as another request.
+// after every HTTP/1.0 request. Refusals of malformed requests close the
+// connection in writeError. Either way nothing that follows on the wire is
+// ever parsed as another request.
 func (s *Server) closeIfFramed(w http.ResponseWriter, r *http.Request) {
 	if r.ContentLength != 0 || len(r.TransferEncoding) > 0 || !r.ProtoAtLeast(1, 1) {
 		w.Header()["Connection"] = s.connClose
@@ -307,14 +307,23 @@ func methodNotAllowed() *requestError {
 	return &requestError{status: http.StatusMethodNotAllowed, code: "invalid_request", desc: descOnlyGet}
 }
 
-// writeError answers e in IMDS's error shape and returns its status. A
-// refusal is the connection's last answer: the server closes it, so that a
-// request that was refused for its framing, method or headers cannot leave
+// writeError answers e in IMDS's error shape and returns its status. It is
+// the connection's last answer: the server closes it, so that a request that
+// was refused for its target, framing, method, headers or query cannot leave
 // bytes behind that are then read as the next request.
 func (s *Server) writeError(w http.ResponseWriter, e *requestError) int {
+	w.Header()["Connection"] = s.connClose
+	return s.writeRefusal(w, e)
+}
+
+// writeRefusal answers e, a refusal of a well-formed request (no body,
+// HTTP/1.1, a valid query: unbound identity, unknown pod, not ready yet, an
+// upstream failure), and keeps the connection as a 200 would, so that a
+// client's retry costs no new connection and no new conntrack entry. A
+// request with a body or HTTP/1.0 still gets its close from closeIfFramed.
+func (s *Server) writeRefusal(w http.ResponseWriter, e *requestError) int {
 	h := w.Header()
 	h["Content-Type"] = s.ctJSON
-	h["Connection"] = s.connClose
 	switch e.status {
 	case http.StatusMethodNotAllowed:
 		h["Allow"] = s.allowGet

@@ -34,17 +34,19 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, rawQuery str
 	if rerr != nil {
 		return s.writeError(w, rerr)
 	}
+	// The request is well formed from here on: refusals keep the
+	// connection, for the client's retry.
 	if !s.synced() {
-		return s.writeError(w, notSynced())
+		return s.writeRefusal(w, notSynced())
 	}
 	ip, ok := sourceAddr(r)
 	if !ok {
-		return s.writeError(w, &requestError{status: http.StatusNotFound, code: "not_found", desc: "The request's source address is not a pod on this node"})
+		return s.writeRefusal(w, &requestError{status: http.StatusNotFound, code: "not_found", desc: "The request's source address is not a pod on this node"})
 	}
 	pod, ok := s.pods.PodByIP(ip, podLink(r))
 	if !ok {
 		klog.FromContext(r.Context()).V(2).Info("token request from an address that is no pod on this node", "source", ip)
-		return s.writeError(w, &requestError{status: http.StatusNotFound, code: "not_found", desc: "The request's source address is not a pod on this node"})
+		return s.writeRefusal(w, &requestError{status: http.StatusNotFound, code: "not_found", desc: "The request's source address is not a pod on this node"})
 	}
 	return s.answerToken(r.Context(), w, pod, &q, false)
 }
@@ -74,11 +76,11 @@ func (s *Server) serveHostToken(w http.ResponseWriter, r *http.Request, rawQuery
 		return s.writeError(w, badRequest("Required headers '"+podauth.HeaderPodNamespace+"' and '"+podauth.HeaderPodName+"' not specified"))
 	}
 	if !s.synced() {
-		return s.writeError(w, notSynced())
+		return s.writeRefusal(w, notSynced())
 	}
 	pod, ok := s.pods.PodByName(ns[0], name[0])
 	if !ok {
-		return s.writeError(w, &requestError{status: http.StatusNotFound, code: "not_found", desc: "No such pod on this node"})
+		return s.writeRefusal(w, &requestError{status: http.StatusNotFound, code: "not_found", desc: "No such pod on this node"})
 	}
 	return s.answerToken(r.Context(), w, pod, &q, true)
 }
@@ -91,21 +93,22 @@ func notSynced() *requestError {
 		desc: "nmi is starting and has not read the node's pods and identity bindings yet; retry"}
 }
 
-// answerToken selects the pod's identity and answers with its token.
+// answerToken selects the pod's identity and answers with its token, or
+// with a refusal that keeps the connection: the request was well formed.
 func (s *Server) answerToken(ctx context.Context, w http.ResponseWriter, pod podauth.Pod, q *tokenQuery, host bool) int {
 	id, rerr := selectIdentity(s.bindings.IdentitiesFor(pod), q)
 	if rerr != nil {
 		if rerr.status == http.StatusForbidden {
 			klog.FromContext(ctx).Info("refused a token request", "pod", klog.KRef(pod.Namespace, pod.Name), "reason", rerr.desc)
 		}
-		return s.writeError(w, rerr)
+		return s.writeRefusal(w, rerr)
 	}
 	tok, err := s.tokens.Token(ctx, pod, id, q.resource)
 	if err != nil {
 		e := upstreamFailure(err)
 		klog.FromContext(ctx).Info("token request failed", "pod", klog.KRef(pod.Namespace, pod.Name),
 			"clientID", id.ClientID, "resource", q.resource, "status", e.status, "err", err)
-		return s.writeError(w, e)
+		return s.writeRefusal(w, e)
 	}
 	s.writeToken(w, host, tok, q.resource, id.ClientID)
 	return http.StatusOK

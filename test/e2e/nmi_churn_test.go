@@ -224,9 +224,9 @@ func TestNMIChurn(t *testing.T) {
 	assert.LessOrEqual(t, after.heap, 2*base.heap+16<<20, "the heap grew with the churn")
 	assert.Equal(t, base.addresses, after.addresses, "the pod index holds addresses of pods that are gone")
 	assert.LessOrEqual(t, after.tokens, base.tokens, "the token cache holds tokens of pods that are gone")
-	// A refusal closes its connection (nmi's framing rule), so a refused
-	// pod that retries makes a new connection, and a conntrack entry, per
-	// request; kept-alive connections make none.
+	// A well-formed request keeps its connection whether it is answered or
+	// refused, so a pod's retries reuse its kept-alive connections and add
+	// no conntrack entries; a pod that is replaced leaves its own.
 	limitEntries := conntrackMax(t) / 10
 	t.Logf("conntrack grew by %.0f entries (%.1f per refusal; the table holds %.0f)", after.conntrack-base.conntrack,
 		(after.conntrack-base.conntrack)/max(1, float64(refused.Load()+failed.Load())), conntrackMax(t))
