@@ -7,7 +7,7 @@ LDFLAGS := -X github.com/kvnode/kvnode/pkg/version.Version=$(VERSION)
 BIN := bin
 # Test timeout for the whole suite; the control plane binaries are built
 # before the tests start, not inside this budget.
-TEST_TIMEOUT ?= 20m
+TEST_TIMEOUT ?= 30m
 # Benchmarks `make bench` runs (a go test -bench pattern), and packages.
 BENCH ?= .
 BENCH_PKGS ?= ./...

@@ -193,7 +193,7 @@ func profileNMI(t testing.TB, pprofAddr string, load func()) string {
 	}
 	done := make(chan result, 1)
 	go func() {
-		c := &http.Client{Timeout: time.Duration(seconds+10) * time.Second, Transport: &http.Transport{Proxy: nil}}
+		c := &http.Client{Timeout: time.Duration(seconds+10) * time.Second, Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}
 		resp, err := c.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", pprofAddr, seconds))
 		if err != nil {
 			done <- result{err: err}

@@ -32,24 +32,21 @@ import (
 // the pod index holding the live pods only, the token cache one token, and
 // conntrack not filled by nmi. The figures are printed.
 //
-// Known failure, under investigation: in one full `make test` run nmi was
-// seen holding about 1,000 more goroutines and open files than at its
-// baseline 100 s after the churn (236 pods replaced). It has not been
-// reproduced since, idle or with the race detector and three busy CPUs
-// (445 pods replaced: back to the baseline at once). Until it is understood
-// the test runs only with KVNODE_NMI_CHURN=1, and when nmi does not settle
-// it prints nmi's goroutines grouped by stack.
+// The settling is measured with probes that close their connections: an
+// earlier version opened a kept-alive connection to nmi's loopback listener
+// with every probe and never closed it, so once a first probe found nmi
+// unsettled (connections of vanished pods wait for the idle timeout) the
+// probes' own connections, about 1,200 in the 100 s window, kept it so.
+// That was the "leak" this test once reported. The limit is generous for
+// the race detector (about 150 s on two cores).
 func TestNMIChurn(t *testing.T) {
-	if os.Getenv("KVNODE_NMI_CHURN") != "1" {
-		t.Skip("skipped: a known resource leak under load is open (see the comment); KVNODE_NMI_CHURN=1 runs it")
-	}
 	requireNode(t)
 	const (
 		requests, slots = 200000, 6
 		churnEvery      = 200 * time.Millisecond
-		limit           = 3 * time.Minute
+		limit           = 5 * time.Minute
 	)
-	ctx, cancel := context.WithTimeout(context.Background(), limit+2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), limit+4*time.Minute)
 	defer cancel()
 	cp, emu := startNode(t)
 	appA, _ := bindABC(ctx, t, cp, emu)
@@ -201,13 +198,15 @@ func TestNMIChurn(t *testing.T) {
 	}
 
 	// Connections from pods whose network went never see a FIN: nmi
-	// closes them at its 90 s idle timeout.
+	// closes them at its 90 s idle timeout (or at the first keepalive probe
+	// that a new pod with the same address resets). The probes below
+	// close their connections, so that measuring adds nothing.
 	var after figures
 	settleStart := time.Now()
 	settled := assert.Eventually(t, func() bool {
 		after = measure()
 		return after.goroutines <= base.goroutines+3 && after.fds <= base.fds+3 && after.pods == base.pods
-	}, 100*time.Second, 500*time.Millisecond)
+	}, 120*time.Second, 500*time.Millisecond)
 	t.Logf("nmi settled in %v", time.Since(settleStart).Round(100*time.Millisecond))
 	t.Logf("%d requests in %v (%.0f/s) while %d pods were replaced: %d tokens, %d refusals, %d without an answer, %d wrong",
 		total(), took.Round(time.Millisecond), float64(total())/took.Seconds(), churned, served.Load(), refused.Load(), failed.Load(), wrong.Load())
@@ -228,7 +227,7 @@ func TestNMIChurn(t *testing.T) {
 	// refused, so a pod's retries reuse its kept-alive connections and add
 	// no conntrack entries; a pod that is replaced leaves its own.
 	limitEntries := conntrackMax(t) / 10
-	t.Logf("conntrack grew by %.0f entries (%.1f per refusal; the table holds %.0f)", after.conntrack-base.conntrack,
+	t.Logf("conntrack grew by %.0f entries (%.2f per refusal; the table holds %.0f)", after.conntrack-base.conntrack,
 		(after.conntrack-base.conntrack)/max(1, float64(refused.Load()+failed.Load())), conntrackMax(t))
 	assert.Less(t, after.conntrack-base.conntrack, limitEntries, "conntrack filled beyond a tenth of its table")
 }
@@ -237,7 +236,7 @@ func TestNMIChurn(t *testing.T) {
 // entry per distinct stack, most frequent first) a --pprof-addr serves.
 func goroutineProfile(t testing.TB, addr string, limit int) string {
 	t.Helper()
-	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{Proxy: nil}}
+	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}
 	resp, err := c.Get("http://" + addr + "/debug/pprof/goroutine?debug=1")
 	if err != nil {
 		return err.Error()

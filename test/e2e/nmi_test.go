@@ -527,7 +527,7 @@ func freeLoopbackAddr(t testing.TB) string {
 
 func (n *nmiProcess) get(t testing.TB, path string) (int, string) {
 	t.Helper()
-	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{Proxy: nil}}
+	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}
 	resp, err := c.Get("http://" + n.host + path)
 	if err != nil {
 		return 0, err.Error()
