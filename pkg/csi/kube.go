@@ -18,17 +18,24 @@ import (
 )
 
 // ClassInformer keeps every SecretProviderClass in memory, so a publish
-// reads its class without an API call.
+// reads its class without an API call. A class the informer does not hold
+// yet is read from the API server once: a class created just before its
+// pod (kubectl apply of both) may reach the publish before the watch event
+// reaches the informer, and on a loaded API server that can take seconds.
 type ClassInformer struct {
+	client   dynamic.Interface
 	factory  dynamicinformer.DynamicSharedInformerFactory
 	informer cache.SharedIndexInformer
 }
+
+// missTimeout bounds the API call made for a class the informer lacks.
+const missTimeout = 5 * time.Second
 
 // NewClassInformer watches SecretProviderClasses in all namespaces.
 func NewClassInformer(client dynamic.Interface, resync time.Duration) *ClassInformer {
 	f := dynamicinformer.NewDynamicSharedInformerFactory(client, resync)
 	gi := f.ForResource(spc.SecretProviderClassesResource)
-	return &ClassInformer{factory: f, informer: gi.Informer()}
+	return &ClassInformer{client: client, factory: f, informer: gi.Informer()}
 }
 
 // Start runs the informer until ctx ends.
@@ -42,8 +49,11 @@ func (c *ClassInformer) WaitForSync(ctx context.Context) bool {
 	return cache.WaitForCacheSync(ctx.Done(), c.informer.HasSynced)
 }
 
-// Get returns the class namespace/name, or a NotFound API error.
-func (c *ClassInformer) Get(namespace, name string) (*spc.SecretProviderClass, error) {
+// Get returns the class namespace/name from the informer or, when the
+// informer does not hold it, from the API server; a NotFound API error when
+// the API server has no such class either, another error when it cannot
+// say.
+func (c *ClassInformer) Get(ctx context.Context, namespace, name string) (*spc.SecretProviderClass, error) {
 	if !c.informer.HasSynced() {
 		return nil, errors.New("SecretProviderClass informer has not synced yet")
 	}
@@ -52,12 +62,24 @@ func (c *ClassInformer) Get(namespace, name string) (*spc.SecretProviderClass, e
 		return nil, err
 	}
 	if !exists {
-		return nil, apierrors.NewNotFound(spc.SecretProviderClassesResource.GroupResource(), name)
+		gctx, cancel := context.WithTimeout(ctx, missTimeout)
+		defer cancel()
+		u, err := c.client.Resource(spc.SecretProviderClassesResource).Namespace(namespace).Get(gctx, name, metav1.GetOptions{})
+		if err != nil {
+			return nil, err
+		}
+		return classFrom(u)
 	}
 	u, ok := obj.(*unstructured.Unstructured)
 	if !ok {
 		return nil, fmt.Errorf("unexpected object %T in the SecretProviderClass informer", obj)
 	}
+	return classFrom(u)
+}
+
+// classFrom converts an unstructured SecretProviderClass.
+func classFrom(u *unstructured.Unstructured) (*spc.SecretProviderClass, error) {
+	namespace, name := u.GetNamespace(), u.GetName()
 	out := &spc.SecretProviderClass{}
 	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, out); err != nil {
 		return nil, fmt.Errorf("SecretProviderClass %s/%s: %w", namespace, name, err)

@@ -46,9 +46,10 @@ const (
 	secretClientSecret = "clientsecret"
 )
 
-// ClassGetter finds a SecretProviderClass (an informer's lister).
+// ClassGetter finds a SecretProviderClass (ClassInformer: its cache, then
+// the API server on a miss).
 type ClassGetter interface {
-	Get(namespace, name string) (*spc.SecretProviderClass, error)
+	Get(ctx context.Context, namespace, name string) (*spc.SecretProviderClass, error)
 }
 
 // Publisher mounts and unmounts volumes (volume.Publisher).
@@ -213,7 +214,7 @@ func (s *NodeServer) publish(ctx context.Context, req *csipb.NodePublishVolumeRe
 	defer release()
 
 	className := req.GetVolumeContext()[attrSecretProviderClass]
-	class, err := s.classes.Get(pod.namespace, className)
+	class, err := s.classes.Get(ctx, pod.namespace, className)
 	if apierrors.IsNotFound(err) {
 		return status.Errorf(codes.NotFound, "SecretProviderClass %s/%s not found", pod.namespace, className)
 	}
