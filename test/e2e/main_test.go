@@ -10,5 +10,6 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	testenv.Main(m, "github.com/kvnode/kvnode/cmd/kvdriver", "github.com/kvnode/kvnode/cmd/nmi", "github.com/kvnode/kvnode/test/provider")
+	testenv.Main(m, "github.com/kvnode/kvnode/cmd/kvdriver", "github.com/kvnode/kvnode/cmd/nmi", "github.com/kvnode/kvnode/test/provider",
+		"github.com/kvnode/kvnode/test/bareserver")
 }

@@ -24,6 +24,7 @@ import (
 
 	"github.com/kvnode/kvnode/pkg/bindings"
 	"github.com/kvnode/kvnode/test/emulator"
+	"github.com/kvnode/kvnode/test/testenv"
 )
 
 // The load test's schedule: for each connection count, wrk runs against
@@ -37,6 +38,20 @@ const (
 	loadRounds   = 3
 	loadThreads  = 2
 	barePort     = 2580
+	// bareMetadataAddr is the bare server's 169.254.169.254: an address
+	// that a rule of the same shape as nmi's DNATs to the bare server.
+	bareMetadataAddr = "169.254.169.253"
+	bareChain        = "KVBENCH-BARE"
+)
+
+// The targets nmi is measured against, as ratios to the bare server behind
+// the same DNAT rule: requests/s at least, latencies and CPU per request at
+// most.
+const (
+	targetRPS = 0.95
+	targetP50 = 1.10
+	targetP99 = 1.10
+	targetCPU = 1.15
 )
 
 var loadConns = []int{4, 32}
@@ -45,10 +60,14 @@ var loadConns = []int{4, 32}
 // path: wrk in a pod's network namespace asks 169.254.169.254, iptables
 // DNATs to the nmi process, nmi finds the pod, checks its binding and
 // answers from its token cache. Next to it, in the same run and from the
-// same pod, wrk drives a bare Go HTTP server on nmi's node address that
-// answers a constant body of the same length and Content-Type. Reported per
-// connection count: requests/s, p50 and p99 of each, and nmi's ratios to
-// the bare server.
+// same pod, wrk drives a bare Go HTTP server (test/bareserver, a process of
+// its own with nmi's server timeouts) that answers a constant body of the
+// same length and Content-Type, behind a DNAT rule of the same shape
+// (169.254.169.253:80 to the node address): the baseline is the same
+// packet path with nothing of nmi's work. Reported per connection count:
+// requests/s, p50, p99 and CPU time per request (the process's utime+stime
+// from /proc over the requests wrk counted) of each, nmi's ratios to the
+// bare server, and the targets next to them.
 //
 // The schedule is fixed (wrk is bounded by -d, every run by a timeout) and
 // runs once whatever b.N: setup happens in the parent, which the framework
@@ -92,7 +111,8 @@ func BenchmarkNMILoad(b *testing.B) {
 	require.Contains(b, string(body), `"access_token"`)
 	contentType := header.Get("Content-Type")
 
-	bareURL := startBareServer(b, contentType, body)
+	bare := startBareServer(b, contentType, body)
+	bareURL := bare.url
 	status, bareHeader, bareBody := podGet(b, pod, bareURL)
 	require.Equal(b, http.StatusOK, status)
 	require.Equal(b, contentType, bareHeader.Get("Content-Type"))
@@ -101,6 +121,7 @@ func BenchmarkNMILoad(b *testing.B) {
 	// Warm both servers (heaps, connections, conntrack) before measuring.
 	runWrk(b, pod, slices.Max(loadConns), time.Second, bareURL)
 	runWrk(b, pod, slices.Max(loadConns), time.Second, nmiURL)
+	nmiPID := nmi.cmd.Process.Pid
 
 	measured := map[int][2]wrkSummary{}
 	for _, conns := range loadConns {
@@ -109,18 +130,19 @@ func BenchmarkNMILoad(b *testing.B) {
 			if !ok {
 				b.Logf("token answer: %d bytes, %s", len(body), contentType)
 				before := nmiTokenOutcomes(b, nmi)
-				var bare, viaNMI []wrkResult
+				var bareRuns, viaNMI []wrkResult
 				nmiRequests := 0
 				for round := range loadRounds {
-					br := runWrk(b, pod, conns, loadDuration, bareURL)
-					nr := runWrk(b, pod, conns, loadDuration, nmiURL)
-					b.Logf("round %d, %d connections: bare %.0f rps p50 %v p99 %v; nmi %.0f rps p50 %v p99 %v",
-						round+1, conns, br.rps, br.p50, br.p99, nr.rps, nr.p50, nr.p99)
-					bare, viaNMI = append(bare, br), append(viaNMI, nr)
+					br := runWrkCPU(b, pod, conns, loadDuration, bareURL, bare.pid)
+					nr := runWrkCPU(b, pod, conns, loadDuration, nmiURL, nmiPID)
+					b.Logf("round %d, %d connections: bare %.0f rps p50 %v p99 %v cpu %v/req; nmi %.0f rps p50 %v p99 %v cpu %v/req",
+						round+1, conns, br.rps, br.p50, br.p99, br.cpu, nr.rps, nr.p50, nr.p99, nr.cpu)
+					bareRuns, viaNMI = append(bareRuns, br), append(viaNMI, nr)
 					nmiRequests += nr.requests
 				}
-				m = [2]wrkSummary{summarize(bare), summarize(viaNMI)}
+				m = [2]wrkSummary{summarize(bareRuns), summarize(viaNMI)}
 				measured[conns] = m
+				printTargets(conns, m[0], m[1])
 				if r := m[1].ratios(m[0]); r.rps < 0.7 || r.p50 > 1.2 || r.p99 > 1.2 {
 					b.Logf("nmi falls short at %d connections (rps %.2f, p50 %.2f, p99 %.2f of the bare server's); its CPU profile is in the log", conns, r.rps, r.p50, r.p99)
 					top := profileNMI(b, pprofAddr, func() {
@@ -134,6 +156,9 @@ func BenchmarkNMILoad(b *testing.B) {
 			}
 			bare, viaNMI := m[0], m[1]
 			r := viaNMI.ratios(bare)
+			b.ReportMetric(us(viaNMI.cpu), "nmi-cpu-µs/req")
+			b.ReportMetric(us(bare.cpu), "bare-cpu-µs/req")
+			b.ReportMetric(r.cpu, "cpu-ratio")
 			b.ReportMetric(viaNMI.rps, "nmi-rps")
 			b.ReportMetric(bare.rps, "bare-rps")
 			b.ReportMetric(r.rps, "rps-ratio")
@@ -216,21 +241,95 @@ func profileNMI(t testing.TB, pprofAddr string, load func()) string {
 	return string(out)
 }
 
-// startBareServer serves body with contentType on nmi's node address, the
-// same address pods reach nmi on, and returns its URL.
-func startBareServer(t testing.TB, contentType string, body []byte) string {
+// bareServer is the running baseline: its URL as pods ask it, and its pid.
+type bareServer struct {
+	url string
+	pid int
+}
+
+// startBareServer runs test/bareserver on nmi's node address, serving body
+// with contentType, and DNATs pods' bareMetadataAddr:80 to it with a rule
+// of the same shape as nmi's, in a chain of its own jumped to from
+// PREROUTING after nmi's.
+func startBareServer(t testing.TB, contentType string, body []byte) bareServer {
 	t.Helper()
-	ct := []string{contentType}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		w.Header()["Content-Type"] = ct
-		_, _ = w.Write(body)
-	})}
+	bodyFile := filepath.Join(t.TempDir(), "body")
+	require.NoError(t, os.WriteFile(bodyFile, body, 0o600))
 	addr := net.JoinHostPort(nmiAddr, strconv.Itoa(barePort))
-	ln, err := net.Listen("tcp4", addr)
+	cmd := exec.Command(testenv.Binary(t, "bareserver"), "-listen", addr, "-body", bodyFile, "-content-type", contentType)
+	stdout, err := cmd.StdoutPipe()
 	require.NoError(t, err)
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() { _ = srv.Close() })
-	return "http://" + addr + tokenQuery
+	var stderr syncBuffer
+	cmd.Stderr = &stderr
+	done, err := startPinned(cmd)
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-done
+	})
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	require.NoError(t, err, "bareserver did not start: %s", stderr.String())
+	require.Equal(t, "ready\n", line)
+
+	iptables := func(args ...string) {
+		out, err := exec.Command("iptables", append([]string{"-w", "-t", "nat"}, args...)...).CombinedOutput()
+		require.NoError(t, err, "iptables %s: %s", strings.Join(args, " "), out)
+	}
+	iptables("-N", bareChain)
+	iptables("-A", bareChain, "-d", bareMetadataAddr+"/32", "!", "-i", "lo", "-p", "tcp", "-m", "tcp", "--dport", "80",
+		"-j", "DNAT", "--to-destination", addr)
+	iptables("-A", "PREROUTING", "-j", bareChain)
+	t.Cleanup(func() {
+		for _, args := range [][]string{{"-D", "PREROUTING", "-j", bareChain}, {"-F", bareChain}, {"-X", bareChain}} {
+			_ = exec.Command("iptables", append([]string{"-w", "-t", "nat"}, args...)...).Run()
+		}
+	})
+	return bareServer{url: "http://" + bareMetadataAddr + tokenQuery, pid: cmd.Process.Pid}
+}
+
+// processCPU returns the CPU time (user and system) process pid has used,
+// from /proc/PID/stat, in USER_HZ ticks of 10 ms.
+func processCPU(t testing.TB, pid int) time.Duration {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	require.NoError(t, err)
+	// The command name, in parentheses, may hold spaces: fields count
+	// from after its closing parenthesis (state is field 3).
+	rest := string(b[bytes.LastIndexByte(b, ')')+2:])
+	f := strings.Fields(rest)
+	require.GreaterOrEqual(t, len(f), 13, "/proc/%d/stat: %s", pid, b)
+	utime, err := strconv.ParseInt(f[11], 10, 64)
+	require.NoError(t, err)
+	stime, err := strconv.ParseInt(f[12], 10, 64)
+	require.NoError(t, err)
+	return time.Duration(utime+stime) * 10 * time.Millisecond
+}
+
+// runWrkCPU is runWrk with the CPU time per request of the server process
+// pid over the run.
+func runWrkCPU(t testing.TB, p *nmiPod, conns int, d time.Duration, url string, pid int) wrkResult {
+	t.Helper()
+	before := processCPU(t, pid)
+	r := runWrk(t, p, conns, d, url)
+	r.cpu = (processCPU(t, pid) - before) / time.Duration(max(1, r.requests))
+	return r
+}
+
+// printTargets prints nmi's figures at conns connections as ratios to the
+// bare server's, each with its target and whether it is met.
+func printTargets(conns int, bare, viaNMI wrkSummary) {
+	r := viaNMI.ratios(bare)
+	verdict := func(ok bool) string {
+		if ok {
+			return "met"
+		}
+		return "NOT met"
+	}
+	fmt.Printf("nmi vs the bare server behind the same DNAT, %d connections (medians of %d rounds):\n", conns, loadRounds)
+	fmt.Printf("  requests/s    %8.0f vs %8.0f  ratio %.2f  target >= %.2f  %s\n", viaNMI.rps, bare.rps, r.rps, targetRPS, verdict(r.rps >= targetRPS))
+	fmt.Printf("  p50           %8v vs %8v  ratio %.2f  target <= %.2f  %s\n", viaNMI.p50, bare.p50, r.p50, targetP50, verdict(r.p50 <= targetP50))
+	fmt.Printf("  p99           %8v vs %8v  ratio %.2f  target <= %.2f  %s\n", viaNMI.p99, bare.p99, r.p99, targetP99, verdict(r.p99 <= targetP99))
+	fmt.Printf("  CPU/request   %8v vs %8v  ratio %.2f  target <= %.2f  %s\n", viaNMI.cpu, bare.cpu, r.cpu, targetCPU, verdict(r.cpu <= targetCPU))
 }
 
 // podGet asks url from p's namespace with curl and returns the answer.
@@ -253,21 +352,23 @@ type wrkResult struct {
 	rps      float64
 	p50, p99 time.Duration
 	requests int
+	cpu      time.Duration // the server's CPU time per request, when measured
 }
 
 type wrkSummary struct {
-	rps      float64
-	p50, p99 time.Duration
+	rps           float64
+	p50, p99, cpu time.Duration
 }
 
 // loadRatios are nmi's figures over the bare server's.
-type loadRatios struct{ rps, p50, p99 float64 }
+type loadRatios struct{ rps, p50, p99, cpu float64 }
 
 func (s wrkSummary) ratios(base wrkSummary) loadRatios {
 	return loadRatios{
 		rps: s.rps / base.rps,
 		p50: float64(s.p50) / float64(base.p50),
 		p99: float64(s.p99) / float64(base.p99),
+		cpu: float64(s.cpu) / float64(base.cpu),
 	}
 }
 
@@ -288,6 +389,7 @@ func summarize(rs []wrkResult) wrkSummary {
 		rps: median(func(r wrkResult) float64 { return r.rps }),
 		p50: time.Duration(median(func(r wrkResult) float64 { return float64(r.p50) })),
 		p99: time.Duration(median(func(r wrkResult) float64 { return float64(r.p99) })),
+		cpu: time.Duration(median(func(r wrkResult) float64 { return float64(r.cpu) })),
 	}
 }
 

@@ -473,19 +473,27 @@ func startNMI(t testing.TB, cp *controlplane.ControlPlane, emu *emulator.Emulato
 	return n
 }
 
-// launch starts the nmi process. The kernel sends Pdeathsig when the
-// thread that started the process exits, not the test process, and the
-// tests lock threads into pod namespaces; so nmi is started from a thread
-// locked for as long as nmi runs.
+// launch starts the nmi process (see startPinned).
 func (n *nmiProcess) launch(t testing.TB) {
 	t.Helper()
 	n.cmd = exec.Command(testenv.Binary(t, "nmi"), n.argv...)
 	n.cmd.Env = n.env
 	n.cmd.Stdout, n.cmd.Stderr = n.logs, n.logs
-	n.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	n.done, n.stopped = make(chan error, 1), false
-	started := make(chan error, 1)
-	go func(cmd *exec.Cmd, done chan<- error) {
+	n.stopped = false
+	var err error
+	n.done, err = startPinned(n.cmd)
+	require.NoError(t, err)
+}
+
+// startPinned starts cmd so that the kernel kills it (SIGKILL) when the test
+// dies, and returns a channel that receives Wait's result. Pdeathsig fires
+// when the thread that started the process exits, not the test process, and
+// the tests lock threads into pod namespaces; so cmd is started from a
+// thread locked for as long as cmd runs.
+func startPinned(cmd *exec.Cmd) (chan error, error) {
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	done, started := make(chan error, 1), make(chan error, 1)
+	go func() {
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
 		if err := cmd.Start(); err != nil {
@@ -494,8 +502,8 @@ func (n *nmiProcess) launch(t testing.TB) {
 		}
 		started <- nil
 		done <- cmd.Wait()
-	}(n.cmd, n.done)
-	require.NoError(t, <-started)
+	}()
+	return done, <-started
 }
 
 // stop sends SIGTERM and waits for nmi to remove its rules and exit.
