@@ -41,12 +41,12 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, rawQuery str
 	}
 	ip, ok := sourceAddr(r)
 	if !ok {
-		return s.writeRefusal(w, &requestError{status: http.StatusNotFound, code: "not_found", desc: "The request's source address is not a pod on this node"})
+		return s.writeRefusal(w, notAPod())
 	}
 	pod, ok := s.pods.PodByIP(ip, podLink(r))
 	if !ok {
 		klog.FromContext(r.Context()).V(2).Info("token request from an address that is no pod on this node", "source", ip)
-		return s.writeRefusal(w, &requestError{status: http.StatusNotFound, code: "not_found", desc: "The request's source address is not a pod on this node"})
+		return s.writeRefusal(w, notAPod())
 	}
 	return s.answerToken(r.Context(), w, pod, &q, false)
 }
@@ -83,6 +83,12 @@ func (s *Server) serveHostToken(w http.ResponseWriter, r *http.Request, rawQuery
 		return s.writeRefusal(w, &requestError{status: http.StatusNotFound, code: "not_found", desc: "No such pod on this node"})
 	}
 	return s.answerToken(r.Context(), w, pod, &q, true)
+}
+
+// notAPod is the answer to a request whose source address is no pod of
+// this node.
+func notAPod() *requestError {
+	return &requestError{status: http.StatusNotFound, code: "not_found", desc: "The request's source address is not a pod on this node"}
 }
 
 // notSynced is the answer while nmi's view of the node's pods and bindings

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -19,16 +18,17 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
 	"github.com/kvnode/kvnode/pkg/bindings"
 	"github.com/kvnode/kvnode/test/emulator"
+	"github.com/kvnode/kvnode/test/podnet"
 )
 
-// The node's pod network, a routed CNI in miniature: each pod is a network
-// namespace joined to the node (the demo's own namespace) by a veth pair,
-// eth0 holding the pod's /32 with a default route via podGateway, which is
-// on every node-side veth; the node routes the pod's /32 to its veth. nmi
-// listens on an address of the node's lo, where its nat rule sends pods'
-// 169.254.169.254:80.
+// The node's pod network, a routed CNI in miniature (package podnet; the
+// node is the demo's own namespace). nmi listens on an address of the
+// node's lo, where its nat rule sends pods' 169.254.169.254:80.
 const (
 	nmiListenIP   = "10.200.0.1"
 	nmiListenPort = 2579
@@ -47,10 +47,8 @@ const podIdentityClassFile = "examples/secretproviderclass-pod-identity-demo.yam
 
 // podNet is a pod with a network namespace on the node.
 type podNet struct {
-	pod    *corev1.Pod
-	ip     string
-	netns  string // the ip-netns name
-	hostIf string // the node-side veth
+	pod *corev1.Pod
+	net podnet.Pod
 }
 
 func (p *podNet) String() string { return p.pod.Namespace + "/" + p.pod.Name }
@@ -83,48 +81,16 @@ func (d *demo) createIdentityWorkload(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		pn := &podNet{pod: pod, ip: fmt.Sprintf("10.244.1.%d", i+2), netns: netnsPrefix(d.dir) + p.name, hostIf: "kvd-" + p.name}
-		d.onShutdown("", func() error { return removePodNetwork(pn) })
-		if err := addPodNetwork(pn); err != nil {
-			return err
+		pn := &podNet{pod: pod, net: podnet.Pod{Netns: netnsPrefix(d.dir) + p.name, HostIf: "kvd-" + p.name,
+			IP: fmt.Sprintf("10.244.1.%d", i+2), Gateway: podGateway}}
+		d.onShutdown("", pn.net.Remove)
+		if err := pn.net.Add(); err != nil {
+			return fmt.Errorf("wire pod %s's network: %w", pn, err)
 		}
-		if pn.pod, err = reportRunning(ctx, d.cp.Client, pod, pn.ip); err != nil {
+		if pn.pod, err = reportRunning(ctx, d.cp.Client, pod, pn.net.IP); err != nil {
 			return err
 		}
 		d.podNets = append(d.podNets, pn)
-	}
-	return nil
-}
-
-// addPodNetwork creates p's network namespace and veth pair, as a CNI
-// plugin does for a new pod sandbox.
-func addPodNetwork(p *podNet) error {
-	steps := [][]string{
-		{"netns", "add", p.netns},
-		{"link", "add", p.hostIf, "type", "veth", "peer", "name", "eth0", "netns", p.netns},
-		{"addr", "add", podGateway + "/32", "dev", p.hostIf},
-		{"link", "set", p.hostIf, "up"},
-		{"route", "add", p.ip + "/32", "dev", p.hostIf},
-		{"-n", p.netns, "link", "set", "lo", "up"},
-		{"-n", p.netns, "addr", "add", p.ip + "/32", "dev", "eth0"},
-		{"-n", p.netns, "link", "set", "eth0", "up"},
-		{"-n", p.netns, "route", "add", podGateway, "dev", "eth0"},
-		{"-n", p.netns, "route", "add", "default", "via", podGateway, "dev", "eth0"},
-	}
-	for _, args := range steps {
-		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-			return fmt.Errorf("wire pod %s's network: ip %s: %v: %s", p, strings.Join(args, " "), err, bytes.TrimSpace(out))
-		}
-	}
-	return nil
-}
-
-// removePodNetwork deletes p's veth pair and network namespace, as the CNI
-// does when the pod's sandbox goes.
-func removePodNetwork(p *podNet) error {
-	_ = exec.Command("ip", "link", "del", p.hostIf).Run()
-	if out, err := exec.Command("ip", "netns", "del", p.netns).CombinedOutput(); err != nil {
-		return fmt.Errorf("ip netns del %s: %v: %s", p.netns, err, bytes.TrimSpace(out))
 	}
 	return nil
 }
@@ -142,8 +108,8 @@ func removeLeftPodNetworks(dir string) error {
 	var errs []error
 	for _, e := range entries {
 		if strings.HasPrefix(e.Name(), netnsPrefix(dir)) {
-			if out, err := exec.Command("ip", "netns", "del", e.Name()).CombinedOutput(); err != nil {
-				errs = append(errs, fmt.Errorf("ip netns del %s: %v: %s", e.Name(), err, bytes.TrimSpace(out)))
+			if err := podnet.IP("netns", "del", e.Name()); err != nil {
+				errs = append(errs, err)
 			}
 		}
 	}
@@ -159,8 +125,8 @@ func (d *demo) startNMI() error {
 	if err != nil {
 		return fmt.Errorf("write nmi's kubeconfig: %w", err)
 	}
-	if out, err := exec.Command("ip", "addr", "add", nmiListenIP+"/32", "dev", "lo").CombinedOutput(); err != nil {
-		return fmt.Errorf("put nmi's address on lo: %v: %s", err, bytes.TrimSpace(out))
+	if err := podnet.IP("addr", "add", nmiListenIP+"/32", "dev", "lo"); err != nil {
+		return fmt.Errorf("put nmi's address on lo: %w", err)
 	}
 	args := []string{"--node-name", nodeName, "--kubeconfig", kubeconfig,
 		"--listen-addr", net.JoinHostPort(nmiListenIP, strconv.Itoa(nmiListenPort)), "--host-addr", d.nmiHost,
@@ -224,7 +190,7 @@ func (d *demo) nmiReady(ctx context.Context) error {
 	}
 	d.detail("iptables -t nat: %s", rule)
 	for _, p := range d.podNets {
-		d.detail("pod %s (ServiceAccount %s): %s on eth0, veth %s on the node", p, p.pod.Spec.ServiceAccountName, p.ip, p.hostIf)
+		d.detail("pod %s (ServiceAccount %s): %s on eth0, veth %s on the node", p, p.pod.Spec.ServiceAccountName, p.net.IP, p.net.HostIf)
 	}
 	d.detail("ServiceAccount %s/%s: %s=%s, the managed identity %s",
 		namespace, identitySA, bindings.ClientIDAnnotation, d.mi.ClientID, path.Base(d.mi.ResourceID))
@@ -250,8 +216,8 @@ func (d *demo) nmiKnowsPods(ctx context.Context) (bool, string) {
 		return false, fmt.Sprintf("iptables -t raw -S: %v", err)
 	}
 	for _, p := range d.podNets {
-		if !bytes.Contains(out, []byte("! -s "+p.ip+"/32 -i "+p.hostIf+" -j DROP")) {
-			return false, "no anti-spoofing rule for " + p.hostIf
+		if !bytes.Contains(out, []byte("! -s "+p.net.IP+"/32 -i "+p.net.HostIf+" -j DROP")) {
+			return false, "no anti-spoofing rule for " + p.net.HostIf
 		}
 	}
 	return true, ""
@@ -273,19 +239,15 @@ func (d *demo) nmiGet(ctx context.Context, path string) (int, string, error) {
 	return resp.StatusCode, b.String(), err
 }
 
-// metricValue returns the value of an unlabelled metric in a Prometheus
+// metricValue returns the value of an unlabelled gauge in a Prometheus
 // text exposition, or -1.
 func metricValue(exposition, name string) float64 {
-	sc := bufio.NewScanner(strings.NewReader(exposition))
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		if len(f) == 2 && f[0] == name {
-			if v, err := strconv.ParseFloat(f[1], 64); err == nil {
-				return v
-			}
-		}
+	parser := expfmt.NewTextParser(model.LegacyValidation)
+	families, err := parser.TextToMetricFamilies(strings.NewReader(exposition))
+	if err != nil || families[name] == nil || len(families[name].GetMetric()) != 1 {
+		return -1
 	}
-	return -1
+	return families[name].GetMetric()[0].GetGauge().GetValue()
 }
 
 // natRule returns the nat table's rule that DNATs to addr.
@@ -321,7 +283,7 @@ type sdkToken struct {
 func (d *demo) tokenInPod(ctx context.Context, p *podNet) (sdkToken, time.Duration, error) {
 	cctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(cctx, "ip", "netns", "exec", p.netns, d.sdkClient,
+	cmd := exec.CommandContext(cctx, "ip", "netns", "exec", p.net.Netns, d.sdkClient,
 		"-cred", "managed-identity", "-timeout", "30s", "token", "-scope", tokenScope)
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + d.dir}
 	var stdout, stderr bytes.Buffer

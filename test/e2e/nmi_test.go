@@ -32,6 +32,7 @@ import (
 	"github.com/kvnode/kvnode/pkg/keyvault"
 	"github.com/kvnode/kvnode/test/controlplane"
 	"github.com/kvnode/kvnode/test/emulator"
+	"github.com/kvnode/kvnode/test/podnet"
 	"github.com/kvnode/kvnode/test/testenv"
 )
 
@@ -317,40 +318,31 @@ func addPodNetns(t testing.TB, p *nmiPod) {
 	t.Helper()
 	p.netns = fmt.Sprintf("kvnode-nmi-%d-%s", os.Getpid(), p.name)
 	p.hostIf = "nmi" + p.name // "nmipod-a": at most 15 bytes
-	ip(t, "netns", "add", p.netns)
 	t.Cleanup(func() { removePodNetns(t, p) })
-	ip(t, "link", "add", p.hostIf, "type", "veth", "peer", "name", "eth0", "netns", p.netns)
-	ip(t, "addr", "add", podGateway+"/32", "dev", p.hostIf)
-	ip(t, "link", "set", p.hostIf, "up")
-	ip(t, "route", "add", p.ip+"/32", "dev", p.hostIf)
-	ipIn(t, p, "link", "set", "lo", "up")
-	ipIn(t, p, "addr", "add", p.ip+"/32", "dev", "eth0")
-	ipIn(t, p, "link", "set", "eth0", "up")
-	ipIn(t, p, "route", "add", podGateway, "dev", "eth0")
-	ipIn(t, p, "route", "add", "default", "via", podGateway, "dev", "eth0")
+	require.NoError(t, p.network().Add())
 }
 
-// removePodNetns deletes p's veth pair, and with it the pod's /32 route,
-// and its network namespace, as the CNI does when the pod's sandbox goes.
-// It does nothing the second time.
+// network is p's pod network as podnet wires it.
+func (p *nmiPod) network() podnet.Pod {
+	return podnet.Pod{Netns: p.netns, HostIf: p.hostIf, IP: p.ip, Gateway: podGateway}
+}
+
+// removePodNetns deletes p's veth pair and network namespace, as the CNI
+// does when the pod's sandbox goes. It does nothing the second time.
 func removePodNetns(t testing.TB, p *nmiPod) {
 	t.Helper()
 	if p.netns == "" {
 		return
 	}
-	// The veth first, as a CNI deletes it: a namespace goes away only
-	// once nothing holds it, and then asynchronously.
-	_ = exec.Command("ip", "link", "del", p.hostIf).Run()
-	if out, err := exec.Command("ip", "netns", "del", p.netns).CombinedOutput(); err != nil {
-		t.Errorf("ip netns del %s: %v: %s", p.netns, err, out)
+	if err := p.network().Remove(); err != nil {
+		t.Error(err)
 	}
 	p.netns = ""
 }
 
 func ip(t testing.TB, args ...string) {
 	t.Helper()
-	out, err := exec.Command("ip", args...).CombinedOutput()
-	require.NoError(t, err, "ip %s: %s", strings.Join(args, " "), out)
+	require.NoError(t, podnet.IP(args...))
 }
 
 func ipIn(t testing.TB, p *nmiPod, args ...string) {
