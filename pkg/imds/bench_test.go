@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"testing"
 	"time"
 
@@ -29,18 +30,23 @@ func benchServer(b *testing.B) *Server {
 	b.Helper()
 	w := newTestWorld(b, time.Now)
 	cache := tokencache.New(tokencache.SourceFunc(func(context.Context, tokencache.Key) (tokencache.Token, error) {
-		// A realistically sized access token (Entra ID's are 1.5-2.5 KB).
-		tok := make([]byte, 1800)
-		for i := range tok {
-			tok[i] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"[i%64]
-		}
-		return tokencache.Token{AccessToken: string(tok), ExpiresOn: time.Now().Add(time.Hour), NotBefore: time.Now()}, nil
+		return benchToken(), nil
 	}), tokencache.Options{})
 	srv, err := New(Config{Pods: w.srv.pods, Bindings: w.srv.bindings, Tokens: tokensource.Cached{IMDS: cache}})
 	if err != nil {
 		b.Fatal(err)
 	}
 	return srv
+}
+
+// benchToken is a realistically sized access token (Entra ID's are
+// 1.5-2.5 KB), valid for an hour.
+func benchToken() tokencache.Token {
+	tok := make([]byte, 1800)
+	for i := range tok {
+		tok[i] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"[i%64]
+	}
+	return tokencache.Token{AccessToken: string(tok), ExpiresOn: time.Now().Add(time.Hour), NotBefore: time.Now()}
 }
 
 func tokenRequest() *http.Request {
@@ -166,4 +172,50 @@ func BenchmarkBareConstantHTTP(b *testing.B) {
 		w.Header()["Content-Type"] = ct
 		_, _ = w.Write(body)
 	}), podIP)
+}
+
+// BenchmarkParseQuery is the parser on the query shapes clients send:
+// azidentity's (resource escaped, a client_id) and an msi_res_id.
+func BenchmarkParseQuery(b *testing.B) {
+	for _, bc := range []struct{ name, raw string }{
+		{"default", goodQuery},
+		{"client_id", goodQuery + "&client_id=" + idA.ClientID},
+		{"msi_res_id", "api-version=2018-02-01&resource=https%3A%2F%2Fvault.azure.net&msi_res_id=" + url.QueryEscape(idA.ResourceID)},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			var values valueMemo
+			if _, rerr := parseQuery(bc.raw, &values); rerr != nil {
+				b.Fatal(rerr.desc)
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				_, _ = parseQuery(bc.raw, &values)
+			}
+		})
+	}
+}
+
+// BenchmarkTokenAnswer is a token answer from the memo: the lookup, the
+// check that it was built from this token, and the copy with expires_in.
+func BenchmarkTokenAnswer(b *testing.B) {
+	tok := benchToken()
+	// A copy of the token that is not the very string the answer holds, as
+	// when the token source builds its answer anew.
+	copied := tok
+	copied.AccessToken = string([]byte(tok.AccessToken))
+	for _, bc := range []struct {
+		name string
+		tok  tokencache.Token
+	}{{"same", tok}, {"copy", copied}} {
+		b.Run(bc.name, func(b *testing.B) {
+			var memo answerMemo
+			buf := make([]byte, 0, 4096)
+			now := time.Now()
+			memo.answer(tok, "https://vault.azure.net", idA.ClientID, false, now)
+			b.ReportAllocs()
+			for b.Loop() {
+				buf = memo.answer(bc.tok, "https://vault.azure.net", idA.ClientID, false, now).appendTo(buf[:0], bc.tok.ExpiresOn, now)
+			}
+		})
+	}
 }

@@ -59,14 +59,23 @@ func FuzzTokenAnswer(f *testing.F) {
 // FuzzParseQuery: nmi's strict query parser never accepts what the
 // standard parser reads differently: an accepted query has unique
 // parameters, and the api-version and resource it reports are what
-// net/url reads.
+// net/url reads. With a valueMemo that has seen other queries, it reads
+// every query as it does without one.
 func FuzzParseQuery(f *testing.F) {
 	for _, q := range []string{"api-version=2018-02-01&resource=https%3A%2F%2Fvault.azure.net",
-		"api-version=2018-02-01&resource=x&resourc%65=y", "resource=a;b", "client_id=1&object_id=2", "%zz=1", "a=1&&b=2&resource=%2B+"} {
+		"api-version=2018-02-01&resource=x&resourc%65=y", "resource=a;b", "client_id=1&object_id=2", "%zz=1", "a=1&&b=2&resource=%2B+",
+		"resource=https%3A%2F%2Fvault.azure.net&resource=https%3A%2F%2Fvault.azure.net", "resource=%2", "msi_res_id=%2Fsubscriptions%2Fs&mi_res_id=%2Fx"} {
 		f.Add(q)
 	}
+	var values valueMemo
 	f.Fuzz(func(t *testing.T, raw string) {
-		q, rerr := parseQuery(raw)
+		q, rerr := parseQuery(raw, nil)
+		for range 2 {
+			mq, mrerr := parseQuery(raw, &values)
+			if mq != q || (mrerr == nil) != (rerr == nil) || (rerr != nil && *mrerr != *rerr) {
+				t.Fatalf("%q: with a memo %+v %+v, without %+v %+v", raw, mq, mrerr, q, rerr)
+			}
+		}
 		if rerr != nil {
 			if rerr.status != 400 || rerr.code == "" || rerr.desc == "" {
 				t.Fatalf("refusal %+v", rerr)

@@ -70,7 +70,7 @@ func (s *Server) serveInstance(w http.ResponseWriter, r *http.Request, path, raw
 	if r.Method != http.MethodGet {
 		return s.writeError(w, methodNotAllowed())
 	}
-	q, rerr := parseQuery(rawQuery)
+	q, rerr := parseQuery(rawQuery, &s.values)
 	if rerr == nil && q.apiVersion == "" {
 		rerr = badRequest("Required query variable 'api-version' is missing")
 	}

@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 
 	"github.com/kvnode/kvnode/pkg/podauth"
 )
@@ -61,8 +62,9 @@ func badRequest(desc string) *requestError {
 // parseQuery parses a raw query string as IMDS does, but strictly: a
 // parameter may appear once (compared after unescaping, so "resourc%65" is
 // "resource"), ';' is not a separator, and every escape must be valid.
-// It does not allocate unless a value is escaped.
-func parseQuery(raw string) (tokenQuery, *requestError) {
+// It does not allocate unless a key or value is escaped and not in values
+// (which may be nil).
+func parseQuery(raw string, values *valueMemo) (tokenQuery, *requestError) {
 	var (
 		q    tokenQuery
 		seen [maxQueryParams]string
@@ -78,7 +80,7 @@ func parseQuery(raw string) (tokenQuery, *requestError) {
 			return q, badRequest(descBadQuery)
 		}
 		k, v, _ := strings.Cut(part, "=")
-		key, err := unescape(k)
+		key, err := values.unescape(k)
 		if err != nil || key == "" {
 			return q, badRequest(descBadQuery)
 		}
@@ -92,7 +94,7 @@ func parseQuery(raw string) (tokenQuery, *requestError) {
 		}
 		seen[n] = key
 		n++
-		val, err := unescape(v)
+		val, err := values.unescape(v)
 		if err != nil {
 			return q, badRequest(descBadQuery)
 		}
@@ -119,13 +121,56 @@ func parseQuery(raw string) (tokenQuery, *requestError) {
 	return q, nil
 }
 
+// valueMemo remembers what escaped query components decode to. Clients
+// send the same few escaped values on every request (azidentity's resource
+// is "https%3A%2F%2Fvault.azure.net", an msi_res_id is an escaped ARM path),
+// and decoding one was the only allocation of a cache hit. Decoding depends
+// on the raw text alone and only components that decoded are kept, so a
+// remembered result is exactly what decoding gives, refusals included. It
+// is safe for concurrent use; the zero value is ready, and a nil memo
+// decodes every time.
+type valueMemo struct {
+	mu     sync.RWMutex
+	values map[string]string
+}
+
+// Bounds of a valueMemo: a pod sending ever new values only makes the memo
+// start over. Longer components are decoded every time.
+const (
+	maxMemoValues   = 256
+	maxMemoValueLen = 512
+)
+
 // unescape decodes a query component; it returns s itself when there is
 // nothing to decode.
-func unescape(s string) (string, error) {
+func (m *valueMemo) unescape(s string) (string, error) {
 	if strings.IndexByte(s, '%') < 0 && strings.IndexByte(s, '+') < 0 {
 		return s, nil
 	}
-	return url.QueryUnescape(s)
+	if m == nil || len(s) > maxMemoValueLen {
+		return url.QueryUnescape(s)
+	}
+	m.mu.RLock()
+	v, ok := m.values[s]
+	m.mu.RUnlock()
+	if ok {
+		return v, nil
+	}
+	v, err := url.QueryUnescape(s)
+	if err != nil {
+		return v, err
+	}
+	m.mu.Lock()
+	if len(m.values) >= maxMemoValues {
+		clear(m.values)
+	}
+	if m.values == nil {
+		m.values = make(map[string]string)
+	}
+	// s is a piece of the request's target, which the key must not keep.
+	m.values[strings.Clone(s)] = v
+	m.mu.Unlock()
+	return v, nil
 }
 
 // validateTokenQuery checks what the IMDS token endpoint requires.

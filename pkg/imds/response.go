@@ -1,53 +1,13 @@
 package imds
 
 import (
-	"strconv"
-	"time"
 	"unicode/utf8"
-
-	"github.com/kvnode/kvnode/pkg/tokencache"
 )
 
 // The answers are built by appending to a byte slice rather than with
 // encoding/json: the cache-hit path then allocates nothing for its body.
 // The output is byte-for-byte what json.Marshal gives for the same strings.
-
-// appendToken appends IMDS's token answer: every value a JSON string, in
-// the order IMDS documents, plus client_id (which IMDS adds and clients
-// tolerate). expires_in is counted from now.
-func appendToken(b []byte, tok tokencache.Token, resource, clientID string, now time.Time) []byte {
-	expiresIn := int64(tok.ExpiresOn.Sub(now) / time.Second)
-	if expiresIn < 0 {
-		expiresIn = 0
-	}
-	notBefore := tok.NotBefore
-	if notBefore.IsZero() {
-		notBefore = now
-	}
-	b = append(b, `{"access_token":`...)
-	b = appendJSONString(b, tok.AccessToken)
-	b = append(b, `,"refresh_token":"","expires_in":"`...)
-	b = strconv.AppendInt(b, expiresIn, 10)
-	b = append(b, `","expires_on":"`...)
-	b = strconv.AppendInt(b, tok.ExpiresOn.Unix(), 10)
-	b = append(b, `","not_before":"`...)
-	b = strconv.AppendInt(b, notBefore.Unix(), 10)
-	b = append(b, `","resource":`...)
-	b = appendJSONString(b, resource)
-	b = append(b, `,"token_type":"Bearer","client_id":`...)
-	b = appendJSONString(b, clientID)
-	return append(b, '}')
-}
-
-// appendHostToken appends /host/token/'s answer, aad-pod-identity's
-// {"token":{...},"clientid":"..."}, with the IMDS fields inside.
-func appendHostToken(b []byte, tok tokencache.Token, resource, clientID string, now time.Time) []byte {
-	b = append(b, `{"token":`...)
-	b = appendToken(b, tok, resource, clientID, now)
-	b = append(b, `,"clientid":`...)
-	b = appendJSONString(b, clientID)
-	return append(b, '}')
-}
+// Token answers are in answer.go.
 
 // appendError appends IMDS's error shape.
 func appendError(b []byte, code, desc string) []byte {

@@ -113,6 +113,10 @@ type Server struct {
 
 	// bufs holds response buffers (*[]byte) for reuse.
 	bufs sync.Pool
+	// answers holds the encoded token answers being served.
+	answers answerMemo
+	// values holds the decoded form of escaped query values.
+	values valueMemo
 	// Header values, shared by every response and never modified.
 	ctJSON, ctText, allowGet, retryAfter, connClose []string
 }
@@ -237,12 +241,17 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	var (
 		ep     endpoint
 		status int
+		// answered is the time a token answer is dated (zero for other
+		// answers). That clock read, taken once the token is in hand, also
+		// ends the request for its latency: what follows is copying the
+		// answer into the connection's buffer.
+		answered time.Time
 	)
 	switch path {
 	case TokenPath:
-		ep, status = epToken, s.serveToken(w, r, rawQuery)
+		ep, status = epToken, s.serveToken(w, r, rawQuery, &answered)
 	case HostTokenPath:
-		ep, status = epHostToken, s.serveHostToken(w, r, rawQuery)
+		ep, status = epHostToken, s.serveHostToken(w, r, rawQuery, &answered)
 	case HealthzPath:
 		ep, status = epHealthz, s.serveHealth(w, r, nil)
 	case ReadyzPath:
@@ -256,7 +265,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		ep, status = epUnknown, s.writeError(w, &requestError{status: http.StatusNotFound, code: "not_found", desc: descNotFound})
 	}
-	s.metrics.observe(ep, status, s.now().Sub(start))
+	end := answered
+	if end.IsZero() {
+		end = s.now()
+	}
+	s.metrics.observe(ep, status, end.Sub(start))
 }
 
 // closeIfFramed makes the answer to r the connection's last when r came
@@ -340,18 +353,18 @@ func (s *Server) writeRefusal(w http.ResponseWriter, e *requestError) int {
 }
 
 // writeToken answers 200 with a token: IMDS's shape, or /host/token/'s.
-func (s *Server) writeToken(w http.ResponseWriter, host bool, tok tokencache.Token, resource, clientID string) {
+// It returns the time the answer is dated: the clock is read after the
+// token came, so that expires_in is exact even after a wait for upstream.
+func (s *Server) writeToken(w http.ResponseWriter, host bool, tok tokencache.Token, resource, clientID string) time.Time {
+	now := s.now()
+	a := s.answers.answer(tok, resource, clientID, host, now)
 	bp := s.bufs.Get().(*[]byte)
-	var b []byte
-	if host {
-		b = appendHostToken((*bp)[:0], tok, resource, clientID, s.now())
-	} else {
-		b = appendToken((*bp)[:0], tok, resource, clientID, s.now())
-	}
+	b := a.appendTo((*bp)[:0], tok.ExpiresOn, now)
 	w.Header()["Content-Type"] = s.ctJSON
 	_, _ = w.Write(b)
 	*bp = b
 	s.bufs.Put(bp)
+	return now
 }
 
 // sourceAddr is the request's source address, unmapped from IPv4-in-IPv6.

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/kvnode/kvnode/pkg/podauth"
 	"github.com/kvnode/kvnode/pkg/tokensource"
@@ -16,8 +17,9 @@ import (
 	"github.com/kvnode/kvnode/pkg/tokencache"
 )
 
-// serveToken answers GET /metadata/identity/oauth2/token for a pod.
-func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, rawQuery string) int {
+// serveToken answers GET /metadata/identity/oauth2/token for a pod. A token
+// answer sets *answered to the time it is dated.
+func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, rawQuery string, answered *time.Time) int {
 	if v := r.Header["Metadata"]; len(v) != 1 || v[0] != "true" {
 		return s.writeError(w, badRequest(descNoMetadata))
 	}
@@ -27,7 +29,7 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, rawQuery str
 	if r.Method != http.MethodGet {
 		return s.writeError(w, methodNotAllowed())
 	}
-	q, rerr := parseQuery(rawQuery)
+	q, rerr := parseQuery(rawQuery, &s.values)
 	if rerr == nil {
 		rerr = validateTokenQuery(&q)
 	}
@@ -48,12 +50,13 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, rawQuery str
 		klog.FromContext(r.Context()).V(2).Info("token request from an address that is no pod on this node", "source", ip)
 		return s.writeRefusal(w, notAPod())
 	}
-	return s.answerToken(r.Context(), w, pod, &q, false)
+	return s.answerToken(r.Context(), w, pod, &q, false, answered)
 }
 
 // serveHostToken answers GET /host/token/ for kvdriver: the node names a pod
-// (headers podns, podname) and gets a token of that pod's identity.
-func (s *Server) serveHostToken(w http.ResponseWriter, r *http.Request, rawQuery string) int {
+// (headers podns, podname) and gets a token of that pod's identity. A token
+// answer sets *answered to the time it is dated.
+func (s *Server) serveHostToken(w http.ResponseWriter, r *http.Request, rawQuery string, answered *time.Time) int {
 	if !s.fromHost(r) {
 		klog.FromContext(r.Context()).Info("refused a host token request from outside the node", "source", r.RemoteAddr)
 		return s.writeError(w, &requestError{status: http.StatusForbidden, code: "invalid_request", desc: "The host token endpoint only serves the node itself"})
@@ -64,7 +67,7 @@ func (s *Server) serveHostToken(w http.ResponseWriter, r *http.Request, rawQuery
 	if r.Method != http.MethodGet {
 		return s.writeError(w, methodNotAllowed())
 	}
-	q, rerr := parseQuery(rawQuery)
+	q, rerr := parseQuery(rawQuery, &s.values)
 	if rerr == nil {
 		rerr = validateResource(q.resource)
 	}
@@ -82,7 +85,7 @@ func (s *Server) serveHostToken(w http.ResponseWriter, r *http.Request, rawQuery
 	if !ok {
 		return s.writeRefusal(w, &requestError{status: http.StatusNotFound, code: "not_found", desc: "No such pod on this node"})
 	}
-	return s.answerToken(r.Context(), w, pod, &q, true)
+	return s.answerToken(r.Context(), w, pod, &q, true, answered)
 }
 
 // notAPod is the answer to a request whose source address is no pod of
@@ -101,7 +104,8 @@ func notSynced() *requestError {
 
 // answerToken selects the pod's identity and answers with its token, or
 // with a refusal that keeps the connection: the request was well formed.
-func (s *Server) answerToken(ctx context.Context, w http.ResponseWriter, pod podauth.Pod, q *tokenQuery, host bool) int {
+// A token answer sets *answered to the time it is dated.
+func (s *Server) answerToken(ctx context.Context, w http.ResponseWriter, pod podauth.Pod, q *tokenQuery, host bool, answered *time.Time) int {
 	id, rerr := selectIdentity(s.bindings.IdentitiesFor(pod), q)
 	if rerr != nil {
 		if rerr.status == http.StatusForbidden {
@@ -116,7 +120,7 @@ func (s *Server) answerToken(ctx context.Context, w http.ResponseWriter, pod pod
 			"clientID", id.ClientID, "resource", q.resource, "status", e.status, "err", err)
 		return s.writeRefusal(w, e)
 	}
-	s.writeToken(w, host, tok, q.resource, id.ClientID)
+	*answered = s.writeToken(w, host, tok, q.resource, id.ClientID)
 	return http.StatusOK
 }
 
