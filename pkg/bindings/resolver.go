@@ -42,7 +42,6 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/dynamic/dynamicinformer"
-	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
@@ -73,15 +72,17 @@ type Config struct {
 // Resolver is an imds.Bindings backed by informers. Create it with New,
 // start it with Start and serve once HasSynced reports true.
 type Resolver struct {
-	cfg       Config
-	nodeIDs   map[string]bool // lower-cased NodeIdentities
-	factory   informers.SharedInformerFactory
-	crds      dynamicinformer.DynamicSharedInformerFactory
-	sas       cache.SharedIndexInformer
-	azIDs     cache.SharedIndexInformer // nil with SkipAzureIdentities
-	azBinds   cache.SharedIndexInformer // nil with SkipAzureIdentities
-	handlers  []cache.ResourceEventHandlerRegistration
-	recompute sync.Mutex // serialises the event handlers' recomputations
+	cfg     Config
+	nodeIDs map[string]bool // lower-cased NodeIdentities
+	// saReflector feeds saStore, which keeps bySA (serviceaccounts.go).
+	saReflector *cache.Reflector
+	saStore     *saStore
+	saDone      chan struct{} // closed when saReflector has returned
+	crds        dynamicinformer.DynamicSharedInformerFactory
+	azIDs       cache.SharedIndexInformer // nil with SkipAzureIdentities
+	azBinds     cache.SharedIndexInformer // nil with SkipAzureIdentities
+	handlers    []cache.ResourceEventHandlerRegistration
+	recompute   sync.Mutex // serialises the event handlers' recomputations
 
 	mu sync.RWMutex
 	// bySA is the identity bound by each annotated ServiceAccount.
@@ -110,17 +111,21 @@ const (
 // unless cfg.SkipAzureIdentities, aad-pod-identity's objects through dyn.
 func New(client kubernetes.Interface, dyn dynamic.Interface, cfg Config) (*Resolver, error) {
 	r := newResolver(cfg)
-	r.factory = informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(slimServiceAccount))
-	r.sas = r.factory.Core().V1().ServiceAccounts().Informer()
-	if err := r.handle(r.sas, r.onServiceAccount); err != nil {
-		return nil, err
-	}
+	r.saReflector, r.saStore = newServiceAccountReflector(client, r)
 	if cfg.SkipAzureIdentities {
 		return r, nil
 	}
 	r.crds = dynamicinformer.NewDynamicSharedInformerFactory(dyn, 0)
 	r.azIDs = r.crds.ForResource(AzureIdentitiesResource).Informer()
 	r.azBinds = r.crds.ForResource(AzureIdentityBindingsResource).Informer()
+	// The caches hold the typed fields the resolver reads, converted once
+	// per change, not the unstructured objects (maps of every field,
+	// managedFields included).
+	for inf, slim := range map[cache.SharedIndexInformer]cache.TransformFunc{r.azIDs: slimAzureIdentity, r.azBinds: slimBinding} {
+		if err := inf.SetTransform(slim); err != nil {
+			return nil, fmt.Errorf("bindings: set transform: %w", err)
+		}
+	}
 	if err := r.azBinds.AddIndexers(cache.Indexers{
 		bySelectorIndex: indexBindingBy(func(b *AzureIdentityBinding) string { return b.Spec.Selector }),
 		byIdentityIndex: indexBindingBy(func(b *AzureIdentityBinding) string { return b.Spec.AzureIdentity }),
@@ -173,7 +178,11 @@ func (r *Resolver) handle(informer cache.SharedIndexInformer, on func(oldObj, ne
 
 // Start runs the informers until ctx ends. It does not block.
 func (r *Resolver) Start(ctx context.Context) {
-	r.factory.StartWithContext(ctx)
+	r.saDone = make(chan struct{})
+	go func() {
+		defer close(r.saDone)
+		r.saReflector.RunWithContext(ctx)
+	}()
 	if r.crds != nil {
 		r.crds.Start(ctx.Done())
 	}
@@ -182,7 +191,9 @@ func (r *Resolver) Start(ctx context.Context) {
 // Shutdown waits for the informers' goroutines to end after Start's context
 // has ended.
 func (r *Resolver) Shutdown() {
-	r.factory.Shutdown()
+	if r.saDone != nil {
+		<-r.saDone
+	}
 	if r.crds != nil {
 		r.crds.Shutdown()
 	}
@@ -191,6 +202,9 @@ func (r *Resolver) Shutdown() {
 // HasSynced reports whether every informer's initial list has been applied,
 // for readiness: until then a pod may be refused an identity it has.
 func (r *Resolver) HasSynced() bool {
+	if !r.saStore.HasSynced() {
+		return false
+	}
 	for _, h := range r.handlers {
 		if !h.HasSynced() {
 			return false
@@ -251,37 +265,6 @@ func (r *Resolver) union(namespace, serviceAccount, selector string) []podauth.I
 	return ids
 }
 
-// onServiceAccount recomputes the identity of a changed ServiceAccount.
-func (r *Resolver) onServiceAccount(oldObj, newObj any) {
-	var sa *corev1.ServiceAccount
-	for _, obj := range []any{newObj, oldObj} {
-		if s, ok := obj.(*corev1.ServiceAccount); ok {
-			sa = s
-			break
-		}
-	}
-	if sa == nil {
-		klog.ErrorS(nil, "bindings: unexpected object from the ServiceAccount informer", "type", fmt.Sprintf("%T", newObj))
-		return
-	}
-	r.recompute.Lock()
-	defer r.recompute.Unlock()
-	key := saKey{sa.Namespace, sa.Name}
-	// The informer's store is at least as new as this event.
-	var ids []podauth.Identity
-	if obj, ok, _ := r.sas.GetIndexer().GetByKey(sa.Namespace + "/" + sa.Name); ok {
-		ids = r.serviceAccountIdentity(obj.(*corev1.ServiceAccount))
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if len(ids) == 0 {
-		delete(r.bySA, key)
-	} else {
-		r.bySA[key] = ids
-	}
-	delete(r.both, sa.Namespace)
-}
-
 // serviceAccountIdentity returns the identity sa's annotations bind, if any.
 func (r *Resolver) serviceAccountIdentity(sa *corev1.ServiceAccount) []podauth.Identity {
 	clientID := strings.TrimSpace(sa.Annotations[ClientIDAnnotation])
@@ -301,7 +284,10 @@ func (r *Resolver) serviceAccountIdentity(sa *corev1.ServiceAccount) []podauth.I
 // onAzureIdentity recomputes the selectors of the bindings that name a
 // changed AzureIdentity.
 func (r *Resolver) onAzureIdentity(oldObj, newObj any) {
-	u := firstUnstructured(newObj, oldObj)
+	u, _ := toAzureIdentity(newObj)
+	if u == nil {
+		u, _ = toAzureIdentity(oldObj)
+	}
 	if u == nil {
 		klog.ErrorS(nil, "bindings: unexpected object from the AzureIdentity informer", "type", fmt.Sprintf("%T", newObj))
 		return
@@ -453,62 +439,71 @@ func indexBindingBy(field func(*AzureIdentityBinding) string) cache.IndexFunc {
 	}
 }
 
-func firstUnstructured(objs ...any) *unstructured.Unstructured {
-	for _, obj := range objs {
-		if u, ok := obj.(*unstructured.Unstructured); ok {
-			return u
-		}
-	}
-	return nil
-}
-
+// toBinding returns obj as the binding informer stores it (see slimBinding).
 func toBinding(obj any) (*AzureIdentityBinding, bool) {
-	u, ok := obj.(*unstructured.Unstructured)
-	if !ok {
-		return nil, false
-	}
-	b := &AzureIdentityBinding{}
-	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, b); err != nil {
-		klog.InfoS("ignoring a malformed AzureIdentityBinding", "binding", klog.KObj(u), "err", err)
+	b, ok := obj.(*AzureIdentityBinding)
+	if !ok || b.malformed {
 		return nil, false
 	}
 	return b, true
 }
 
+// toAzureIdentity returns obj as the AzureIdentity informer stores it (see
+// slimAzureIdentity); a malformed one is returned with false.
 func toAzureIdentity(obj any) (*AzureIdentity, bool) {
-	u, ok := obj.(*unstructured.Unstructured)
+	az, ok := obj.(*AzureIdentity)
 	if !ok {
 		return nil, false
 	}
-	az := &AzureIdentity{}
-	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, az); err != nil {
-		klog.InfoS("ignoring a malformed AzureIdentity", "azureIdentity", klog.KObj(u), "err", err)
-		return nil, false
-	}
-	return az, true
+	return az, !az.malformed
 }
 
-// slimServiceAccount keeps only a ServiceAccount's identity annotations, so
-// that the cluster-wide informer's cache stays small.
-func slimServiceAccount(obj any) (any, error) {
-	sa, ok := obj.(*corev1.ServiceAccount)
+// slimMeta keeps the object metadata that the caches' keys and the logs use.
+func slimMeta(u *unstructured.Unstructured) metav1.ObjectMeta {
+	return metav1.ObjectMeta{Namespace: u.GetNamespace(), Name: u.GetName(), ResourceVersion: u.GetResourceVersion()}
+}
+
+// slimAzureIdentity converts an AzureIdentity from the dynamic informer to
+// its typed spec. One that does not convert is kept, marked malformed, so
+// that its key still follows the object's changes; it binds nothing.
+func slimAzureIdentity(obj any) (any, error) {
+	u, ok := obj.(*unstructured.Unstructured)
 	if !ok {
 		return obj, nil
 	}
-	var ann map[string]string
-	for _, k := range []string{ClientIDAnnotation, TenantIDAnnotation} {
-		if v, ok := sa.Annotations[k]; ok {
-			if ann == nil {
-				ann = make(map[string]string, 2)
-			}
-			ann[k] = v
-		}
+	az := &AzureIdentity{ObjectMeta: slimMeta(u)}
+	if err := specFrom(u, &az.Spec); err != nil {
+		klog.InfoS("ignoring a malformed AzureIdentity", "azureIdentity", klog.KObj(u), "err", err)
+		az.malformed = true
+		return az, nil
 	}
-	return &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{
-		Namespace:       sa.Namespace,
-		Name:            sa.Name,
-		UID:             sa.UID,
-		ResourceVersion: sa.ResourceVersion,
-		Annotations:     ann,
-	}}, nil
+	return az, nil
+}
+
+// slimBinding is slimAzureIdentity for AzureIdentityBindings.
+func slimBinding(obj any) (any, error) {
+	u, ok := obj.(*unstructured.Unstructured)
+	if !ok {
+		return obj, nil
+	}
+	b := &AzureIdentityBinding{ObjectMeta: slimMeta(u)}
+	if err := specFrom(u, &b.Spec); err != nil {
+		klog.InfoS("ignoring a malformed AzureIdentityBinding", "binding", klog.KObj(u), "err", err)
+		b.malformed = true
+		return b, nil
+	}
+	return b, nil
+}
+
+// specFrom converts u's spec, which may be absent, into spec.
+func specFrom(u *unstructured.Unstructured, spec any) error {
+	raw, ok := u.Object["spec"]
+	if !ok || raw == nil {
+		return nil
+	}
+	m, ok := raw.(map[string]any)
+	if !ok {
+		return fmt.Errorf("spec is a %T, not an object", raw)
+	}
+	return runtime.DefaultUnstructuredConverter.FromUnstructured(m, spec)
 }

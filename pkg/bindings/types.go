@@ -48,6 +48,8 @@ type AzureIdentity struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`
 	Spec              AzureIdentitySpec `json:"spec,omitempty"`
+	// malformed marks a cached object whose spec did not convert.
+	malformed bool
 }
 
 // AzureIdentitySpec is the identity.
@@ -67,6 +69,8 @@ type AzureIdentityBinding struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`
 	Spec              AzureIdentityBindingSpec `json:"spec,omitempty"`
+	// malformed marks a cached object whose spec did not convert.
+	malformed bool
 }
 
 // AzureIdentityBindingSpec is the binding.

@@ -20,6 +20,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"net/netip"
+	"runtime/debug"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -239,6 +240,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	g.Go(func() error {
 		if pods.WaitForSync(gctx) && binds.WaitForSync(gctx) {
+			// The initial lists decoded every ServiceAccount of the
+			// cluster, of which nmi keeps a few: hand the memory they
+			// took back to the kernel now rather than over the minutes
+			// the runtime's scavenger would take, so that the node sees
+			// nmi's steady-state size from the start. Once per start.
+			debug.FreeOSMemory()
 			klog.InfoS("Informers synced")
 		}
 		return nil
