@@ -118,8 +118,8 @@ func BenchmarkTokenHitParallel(b *testing.B) {
 }
 
 // benchHTTP measures requests per second through a real http.Server on
-// loopback with keep-alive clients, the comparison the target is
-// about (a hit must reach 70% of a bare server's throughput).
+// loopback with keep-alive clients, the comparison nmi's load target is
+// about (requests/s at least 0.95x a bare server's).
 func benchHTTP(b *testing.B, h http.Handler, remote string) {
 	b.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

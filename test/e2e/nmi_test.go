@@ -433,6 +433,14 @@ type nmiProcess struct {
 // startNMI runs nmi on the node with args as extra flags.
 func startNMI(t testing.TB, cp *controlplane.ControlPlane, emu *emulator.Emulator, args ...string) *nmiProcess {
 	t.Helper()
+	return startNMIVia(t, cp, emu, "", args...)
+}
+
+// startNMIVia is startNMI with nmi reaching the API server at apiServer
+// (https://host:port, e.g. a byte-counting proxy) instead of directly; ""
+// is direct.
+func startNMIVia(t testing.TB, cp *controlplane.ControlPlane, emu *emulator.Emulator, apiServer string, args ...string) *nmiProcess {
+	t.Helper()
 	// nmi's address on the node's lo: bindable before any pod exists.
 	ip(t, "addr", "add", nmiAddr+"/32", "dev", "lo")
 	t.Cleanup(func() { _ = exec.Command("ip", "addr", "del", nmiAddr+"/32", "dev", "lo").Run() })
@@ -440,7 +448,11 @@ func startNMI(t testing.TB, cp *controlplane.ControlPlane, emu *emulator.Emulato
 	// nmi acts as the chart's nmi ServiceAccount with the chart's
 	// ClusterRole: a right the chart lacks fails the test as Forbidden.
 	dir := t.TempDir()
-	kubeconfig, err := cp.WriteKubeconfig(dir, installChartRBAC(t, cp, "nmi"))
+	cfg := installChartRBAC(t, cp, "nmi")
+	if apiServer != "" {
+		cfg.Host = apiServer
+	}
+	kubeconfig, err := cp.WriteKubeconfig(dir, cfg)
 	require.NoError(t, err)
 	host := freeLoopbackAddr(t)
 	n := &nmiProcess{logs: &syncBuffer{}, host: host}
