@@ -24,6 +24,7 @@ import (
 
 	"github.com/kvnode/kvnode/pkg/csi"
 	"github.com/kvnode/kvnode/pkg/identity"
+	"github.com/kvnode/kvnode/pkg/keyvault"
 	"github.com/kvnode/kvnode/pkg/kvdriver"
 	"github.com/kvnode/kvnode/pkg/provider"
 	"github.com/kvnode/kvnode/pkg/redact"
@@ -85,6 +86,8 @@ func run(args []string) error {
 	fs.DurationVar(&cfg.Resync, "informer-resync", 10*time.Minute, "resync period of the SecretProviderClass informer")
 	fs.DurationVar(&cfg.CacheTTL, "object-cache-ttl", time.Minute,
 		"how long a fetched object is shared by the mounts of the same identity on this node; bounds how late a rotated secret appears (0 disables)")
+	fs.Int64Var(&cfg.CacheMaxBytes, "object-cache-max-bytes", keyvault.DefaultMaxCachedBytes,
+		"most bytes the object cache holds (content, names and about 512 bytes per object); expired objects, then the least recently used, make room, and a larger object is fetched for every mount")
 	fs.StringVar(&cfg.NMIEndpoint, "nmi-endpoint", identity.DefaultNMIEndpoint, "nmi's node-local endpoint for usePodIdentity mounts")
 	fs.Float64Var(&cfg.KubeQPS, "kube-api-qps", 50, "queries per second to the API server (pod status writes: one per new mount or rotation)")
 	fs.IntVar(&cfg.KubeBurst, "kube-api-burst", 100, "burst of queries to the API server")
@@ -128,6 +131,10 @@ func run(args []string) error {
 	}
 	if cfg.NodeID == "" {
 		return errors.New("--nodeid (or $NODE_NAME) is required")
+	}
+	if cfg.CacheMaxBytes <= 0 {
+		// 0 would read as "no cache", which is --object-cache-ttl 0's job.
+		return errors.New("--object-cache-max-bytes must be positive (--object-cache-ttl 0 disables the cache)")
 	}
 	cfg.ProviderDirs, cfg.SyncSecretTypes = dirs.dirs, secretsync.ParseTypes(secretTypes)
 	cfg.Rotation.Disabled = !*enableRotation

@@ -65,16 +65,29 @@ type Options struct {
 	// the TTL shares one GET. It bounds how late a rotated secret appears
 	// (kubelet republishes about every minute). Zero disables the cache.
 	CacheTTL time.Duration
-	// MaxCachedObjects bounds the object cache; default
+	// MaxCachedObjects bounds the object cache's entries; default
 	// DefaultMaxCachedObjects.
 	MaxCachedObjects int
+	// MaxCachedBytes bounds the bytes the object cache holds: objects'
+	// content and names plus a fixed estimate per entry. An object larger
+	// than this is fetched for every mount. Default DefaultMaxCachedBytes.
+	MaxCachedBytes int64
 	// Metrics, when not nil, counts requests, throttling and cache use
 	// (NewMetrics).
 	Metrics *Metrics
 }
 
-// DefaultMaxCachedObjects is the object cache's default bound.
-const DefaultMaxCachedObjects = 10000
+// Defaults of the object cache's bounds. 16 MiB holds every object of a
+// busy node (110 pods, the kubelet's default, mounting ten objects of a
+// few kilobytes each are about 4 MB) and still over 600 objects of Key
+// Vault's largest size, while staying a small part of the memory limit
+// the chart gives kvdriver (256 MiB). The entry bound binds first when
+// entries average under 1.7 KB, overhead included; 10,000 is still far
+// more objects than a node mounts.
+const (
+	DefaultMaxCachedObjects       = 10000
+	DefaultMaxCachedBytes   int64 = 16 << 20
+)
 
 // Fetcher fetches Key Vault objects and converts them into files. It keeps
 // the SDK clients of each (vault, identity) it has served, so a later Fetch
@@ -112,7 +125,10 @@ func NewFetcher(opts Options) *Fetcher {
 		if opts.MaxCachedObjects <= 0 {
 			opts.MaxCachedObjects = DefaultMaxCachedObjects
 		}
-		f.objects = newObjectCache(opts.CacheTTL, opts.MaxCachedObjects)
+		if opts.MaxCachedBytes <= 0 {
+			opts.MaxCachedBytes = DefaultMaxCachedBytes
+		}
+		f.objects = newObjectCache(opts.CacheTTL, opts.MaxCachedObjects, opts.MaxCachedBytes)
 		f.objects.metrics = opts.Metrics
 	}
 	return f

@@ -16,7 +16,7 @@ import (
 // its dashboards keep working, and kvnode's own under kvnode_keyvault_:
 // every HTTP request sent to Key Vault by vault, operation and status, the
 // requests a throttled vault was spared, and the object cache's hits,
-// misses and size.
+// misses and size in entries and bytes.
 type Metrics struct {
 	object     *prometheus.HistogramVec
 	requests   *prometheus.CounterVec
@@ -25,6 +25,7 @@ type Metrics struct {
 	cacheMiss  prometheus.Counter
 	cacheFetch prometheus.Counter
 	cacheSize  prometheus.Gauge
+	cacheBytes prometheus.Gauge
 	clientSets prometheus.Gauge
 }
 
@@ -58,6 +59,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		cacheMiss:  counter("object_cache_misses_total", "Object reads the object cache could not serve (each fetched, or waited for a fetch already running)"),
 		cacheFetch: counter("object_cache_fetches_total", "Fetches the object cache ran for its misses; misses minus fetches waited for a fetch already running"),
 		cacheSize:  gauge("object_cache_entries", "Objects held by the object cache, expired ones not yet dropped included"),
+		cacheBytes: gauge("object_cache_bytes", "Bytes held by the object cache as it counts them against --object-cache-max-bytes: content, names and a fixed estimate per entry"),
 		clientSets: gauge("client_sets", "SDK client sets kept, one per (vault, identity)"),
 	}
 	reg.MustRegister(m.object, m.requests, m.throttled)
@@ -100,9 +102,10 @@ func (m *Metrics) cacheFetched() {
 	}
 }
 
-func (m *Metrics) cacheEntries(n int) {
+func (m *Metrics) cacheHeld(entries int, bytes int64) {
 	if m != nil {
-		m.cacheSize.Set(float64(n))
+		m.cacheSize.Set(float64(entries))
+		m.cacheBytes.Set(float64(bytes))
 	}
 }
 

@@ -49,6 +49,9 @@ type Config struct {
 	TmpfsSize  string
 	Resync     time.Duration
 	CacheTTL   time.Duration
+	// CacheMaxBytes bounds the object cache's size; 0 is
+	// keyvault.DefaultMaxCachedBytes.
+	CacheMaxBytes int64
 	// NMIEndpoint is nmi's node-local /host/token/ base URL (usePodIdentity).
 	NMIEndpoint string
 	KubeQPS     float64
@@ -124,7 +127,7 @@ func New(cfg Config) (*Daemon, error) {
 
 	d.classes = csi.NewClassInformer(dyn, cfg.Resync)
 	d.statuses = csi.NewStatusRecorder(csi.NewPodStatusWriter(dyn), 100*time.Millisecond)
-	publisher := NewPublisher(PublisherOptions{TmpfsSize: cfg.TmpfsSize, CacheTTL: cfg.CacheTTL, NMIEndpoint: cfg.NMIEndpoint,
+	publisher := NewPublisher(PublisherOptions{TmpfsSize: cfg.TmpfsSize, CacheTTL: cfg.CacheTTL, CacheMaxBytes: cfg.CacheMaxBytes, NMIEndpoint: cfg.NMIEndpoint,
 		TokenProxy: tokenProxy(cfg, restCfg), Metrics: keyvault.NewMetrics(d.reg)})
 	node := csi.NewNodeServer(cfg.NodeID, d.classes, publisher, d.statuses,
 		csi.NodeServerOptions{StrictParameters: cfg.StrictParameters, Events: d.events, Secrets: secrets, Metrics: metrics,
@@ -175,6 +178,9 @@ type PublisherOptions struct {
 	// CacheTTL shares fetched objects among the mounts of one identity for
 	// this long; 0 disables the object cache.
 	CacheTTL time.Duration
+	// CacheMaxBytes bounds the bytes the object cache holds; 0 is
+	// keyvault.DefaultMaxCachedBytes.
+	CacheMaxBytes int64
 	// NMIEndpoint serves usePodIdentity mounts' tokens.
 	NMIEndpoint string
 	// TokenProxy, when not nil, is the token proxy of identity-binding
@@ -188,7 +194,7 @@ type PublisherOptions struct {
 // fetch and conversion, credentials, and tmpfs mounts by system call.
 func NewPublisher(o PublisherOptions) *volume.Publisher {
 	return volume.NewPublisher(volume.NewMounter(),
-		keyvault.NewFetcher(keyvault.Options{CacheTTL: o.CacheTTL, Metrics: o.Metrics}),
+		keyvault.NewFetcher(keyvault.Options{CacheTTL: o.CacheTTL, MaxCachedBytes: o.CacheMaxBytes, Metrics: o.Metrics}),
 		identity.NewCredentials(identity.Options{NMIEndpoint: o.NMIEndpoint, TokenProxy: o.TokenProxy}),
 		volume.Options{TmpfsSize: o.TmpfsSize})
 }
