@@ -379,7 +379,7 @@ func TestObjectCacheBoundsEntries(t *testing.T) {
 // but kept by none: each read fetches it. It takes no room from the
 // entries there are, and the expired entry it replaces is dropped.
 func TestObjectCacheDoesNotKeepOversizeObjects(t *testing.T) {
-	c, clock := testCache(100, 4000)
+	c, _ := testCache(100, 4000)
 	small := secretKey("small")
 	getObject(t, c, small, sized(t, small, 1000))
 	big := secretKey("big")
@@ -393,7 +393,7 @@ func TestObjectCacheDoesNotKeepOversizeObjects(t *testing.T) {
 	assert.Equal(t, int64(1000), c.bytes)
 
 	// One byte over is over; exactly the bound fits, alone.
-	c, clock = testCache(100, 4000)
+	c, clock := testCache(100, 4000)
 	getObject(t, c, small, sized(t, small, 1000))
 	_, fetched := getObject(t, c, big, sized(t, big, 4001))
 	assert.True(t, fetched)
