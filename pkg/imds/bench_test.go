@@ -28,9 +28,16 @@ func (d *discardWriter) Write(b []byte) (int, error) { d.n += len(b); return len
 // benchServer is a Server whose token source is a real, warm tokencache.
 func benchServer(b *testing.B) *Server {
 	b.Helper()
+	return tokenServer(b, benchTokenSize)
+}
+
+// tokenServer is a Server whose token source is a real tokencache issuing
+// access tokens of size bytes.
+func tokenServer(b testing.TB, size int) *Server {
+	b.Helper()
 	w := newTestWorld(b, time.Now)
 	cache := tokencache.New(tokencache.SourceFunc(func(context.Context, tokencache.Key) (tokencache.Token, error) {
-		return benchToken(), nil
+		return sizedToken(size), nil
 	}), tokencache.Options{})
 	srv, err := New(Config{Pods: w.srv.pods, Bindings: w.srv.bindings, Tokens: tokensource.Cached{IMDS: cache}})
 	if err != nil {
@@ -41,8 +48,15 @@ func benchServer(b *testing.B) *Server {
 
 // benchToken is a realistically sized access token (Entra ID's are
 // 1.5-2.5 KB), valid for an hour.
-func benchToken() tokencache.Token {
-	tok := make([]byte, 1800)
+// benchTokenSize is a realistic access token's size: Entra ID's are
+// 1.5-2.5 KB.
+const benchTokenSize = 1800
+
+func benchToken() tokencache.Token { return sizedToken(benchTokenSize) }
+
+// sizedToken is an access token of size base64url characters.
+func sizedToken(size int) tokencache.Token {
+	tok := make([]byte, size)
 	for i := range tok {
 		tok[i] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"[i%64]
 	}

@@ -136,3 +136,33 @@ func TestConnectionClosedAfterRefusalOrAmbiguousFraming(t *testing.T) {
 		})
 	}
 }
+
+// Token answers carry Content-Length, as IMDS's do, whatever the token's
+// size: net/http adds it by itself only to bodies under 2 KB.
+func TestTokenAnswerHasContentLength(t *testing.T) {
+	for _, size := range []int{100, 1800, 2500, 9000} {
+		srv := tokenServer(t, size)
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		hs := &http.Server{Handler: srv, DisableGeneralOptionsHandler: true}
+		go func() {
+			_ = hs.Serve(remoteListener{Listener: ln, remote: &net.TCPAddr{IP: net.ParseIP(podIP), Port: 40000}})
+		}()
+		for range 2 { // the answer's first build, then the memo's
+			c, err := net.Dial("tcp", ln.Addr().String())
+			require.NoError(t, err)
+			_, err = io.WriteString(c, keepAlive(http.MethodGet, TokenPath+"?"+goodQuery, "", "Metadata: true"))
+			require.NoError(t, err)
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			require.NoError(t, err)
+			body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+			require.NoError(t, err)
+			c.Close()
+			require.Equal(t, http.StatusOK, resp.StatusCode, "%s", body)
+			assert.Empty(t, resp.TransferEncoding, "token of %d bytes: not chunked", size)
+			assert.Equal(t, strconv.Itoa(len(body)), resp.Header.Get("Content-Length"), "token of %d bytes", size)
+			assert.Greater(t, len(body), size)
+		}
+		require.NoError(t, hs.Close())
+	}
+}

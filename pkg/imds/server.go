@@ -43,6 +43,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -113,6 +114,8 @@ type Server struct {
 
 	// bufs holds response buffers (*[]byte) for reuse.
 	bufs sync.Pool
+	// lengths holds the token answers' Content-Length values.
+	lengths lengthHeaders
 	// answers holds the encoded token answers being served.
 	answers answerMemo
 	// values holds the decoded form of escaped query values.
@@ -360,11 +363,48 @@ func (s *Server) writeToken(w http.ResponseWriter, host bool, tok tokencache.Tok
 	a := s.answers.answer(tok, resource, clientID, host, now)
 	bp := s.bufs.Get().(*[]byte)
 	b := a.appendTo((*bp)[:0], tok.ExpiresOn, now)
-	w.Header()["Content-Type"] = s.ctJSON
+	h := w.Header()
+	h["Content-Type"] = s.ctJSON
+	// IMDS sends Content-Length. net/http only adds it for a body that
+	// fits its 2 KB buffer, and Entra ID's access tokens alone are 1.5-2.5
+	// KB: without it, many answers would go out chunked.
+	h["Content-Length"] = s.lengths.header(len(b))
 	_, _ = w.Write(b)
 	*bp = b
 	s.bufs.Put(bp)
 	return now
+}
+
+// lengthHeaders hands out Content-Length header values, each built once:
+// a node's answers come in a handful of lengths (its tokens', give or take
+// a digit of expires_in), and the hot path allocates nothing for them.
+// It is safe for concurrent use; the zero value is ready.
+type lengthHeaders struct {
+	mu     sync.RWMutex
+	values map[int][]string
+}
+
+// maxLengthHeaders bounds the values kept; beyond it each is built anew.
+const maxLengthHeaders = 256
+
+// header returns the header value for n. Callers must not modify it.
+func (l *lengthHeaders) header(n int) []string {
+	l.mu.RLock()
+	v, ok := l.values[n]
+	l.mu.RUnlock()
+	if ok {
+		return v
+	}
+	v = []string{strconv.Itoa(n)}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.values == nil {
+		l.values = make(map[int][]string)
+	}
+	if len(l.values) < maxLengthHeaders {
+		l.values[n] = v
+	}
+	return v
 }
 
 // sourceAddr is the request's source address, unmapped from IPv4-in-IPv6.
