@@ -132,11 +132,16 @@ func TestKVDriverChurn(t *testing.T) {
 		return true
 	})
 
-	// kvdriver settles: idle connections time out, status writes drain.
+	// kvdriver settles: status writes drain. Kept-alive client connections
+	// (to the vault, Entra ID, the API server) may outlast the window, and
+	// how many are open at the baseline is a matter of timing; each holds
+	// one fd and two goroutines (net/http's read and write loops), so the
+	// goroutines may exceed the baseline by two per extra fd, plus two.
 	var after figures
 	settled := assert.Eventually(t, func() bool {
 		after = measure()
-		return after.goroutines <= base.goroutines+2 && after.fds <= base.fds+2
+		extraConns := max(0, after.fds-base.fds)
+		return after.fds <= base.fds+2 && after.goroutines <= base.goroutines+2+2*extraConns
 	}, 30*time.Second, 500*time.Millisecond)
 	t.Logf("%d cycles (%d republishes) over %d pods and %d classes in %v (%.1f ms per cycle, %d at a time)",
 		cycles, cycles/5, pods, classes, took.Round(time.Millisecond), float64(took.Microseconds())/1000/float64(cycles-pods), workers)
