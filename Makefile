@@ -22,6 +22,10 @@ help: ## List the targets.
 deps: ## Install the Debian packages the tests need (root).
 	@hack/install-deps.sh
 
+.PHONY: node-bins
+node-bins: ## Build (once, cached) kubelet, kube-controller-manager and kube-scheduler for the test node.
+	@hack/node-bins.sh >/dev/null
+
 .PHONY: controlplane
 controlplane: ## Build (once, cached) etcd, kube-apiserver and helm for the tests.
 	@hack/controlplane-bins.sh >/dev/null
