@@ -28,7 +28,9 @@ import (
 	"github.com/kvnode/kvnode/test/testenv"
 )
 
-const chartNamespace = "kube-system"
+// chartNamespace is where the tests install the chart: a namespace of its
+// own, as the README recommends, not kube-system.
+const chartNamespace = "kvnode"
 
 var chartDir = filepath.Join("..", "..", "charts", "kvnode")
 
@@ -44,19 +46,52 @@ func helmBinary(t testing.TB) string {
 	return strings.TrimSpace(string(out))
 }
 
-// renderChart runs helm template with values and returns the objects.
-func renderChart(t testing.TB, values ...string) []*unstructured.Unstructured {
+// helmCommand is the pinned Helm CLI with args, its cache, configuration
+// and data in fresh directories.
+func helmCommand(t testing.TB, args ...string) *exec.Cmd {
 	t.Helper()
-	args := []string{"template", "kvnode", chartDir, "--namespace", chartNamespace}
+	cmd := exec.Command(helmBinary(t), args...)
+	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+t.TempDir(), "HELM_CONFIG_HOME="+t.TempDir(), "HELM_DATA_HOME="+t.TempDir())
+	return cmd
+}
+
+// setArgs turns values into helm's --set flags.
+func setArgs(values []string) []string {
+	var args []string
 	for _, v := range values {
 		args = append(args, "--set", v)
 	}
-	cmd := exec.Command(helmBinary(t), args...)
-	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+t.TempDir(), "HELM_CONFIG_HOME="+t.TempDir(), "HELM_DATA_HOME="+t.TempDir())
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	require.NoError(t, err, "helm template: %s", stderr.String())
+	return args
+}
+
+// renderChart runs helm template with values and returns the objects.
+func renderChart(t testing.TB, values ...string) []*unstructured.Unstructured {
+	t.Helper()
+	return renderChartIn(t, chartNamespace, values...)
+}
+
+// renderChartIn renders the chart into namespace.
+func renderChartIn(t testing.TB, namespace string, values ...string) []*unstructured.Unstructured {
+	t.Helper()
+	out, stderr, err := helmTemplate(t, namespace, setArgs(values)...)
+	require.NoError(t, err, "helm template: %s", stderr)
+	return decodeObjects(t, out)
+}
+
+// helmTemplate runs helm template into namespace with extra arguments and
+// returns its output and error output.
+func helmTemplate(t testing.TB, namespace string, args ...string) (out []byte, stderr string, err error) {
+	t.Helper()
+	cmd := helmCommand(t, append([]string{"template", "kvnode", chartDir, "--namespace", namespace}, args...)...)
+	var errb bytes.Buffer
+	cmd.Stderr = &errb
+	out, err = cmd.Output()
+	return out, errb.String(), err
+}
+
+// decodeObjects decodes a stream of YAML documents.
+func decodeObjects(t testing.TB, out []byte) []*unstructured.Unstructured {
+	t.Helper()
 	var objs []*unstructured.Unstructured
 	dec := yaml.NewYAMLOrJSONDecoder(bytes.NewReader(out), 4096)
 	for {
@@ -171,12 +206,11 @@ func podSpec(t *testing.T, ds *unstructured.Unstructured) (spec, container map[s
 
 func TestChartLintsRendersAndValidates(t *testing.T) {
 	testenv.RequireNetns(t)
-	lint := exec.Command(helmBinary(t), "lint", "--strict", chartDir)
-	lint.Env = append(os.Environ(), "HELM_CACHE_HOME="+t.TempDir(), "HELM_CONFIG_HOME="+t.TempDir(), "HELM_DATA_HOME="+t.TempDir())
-	out, err := lint.CombinedOutput()
+	out, err := helmCommand(t, "lint", "--strict", chartDir).CombinedOutput()
 	require.NoError(t, err, "helm lint: %s", out)
 
 	cp := controlplane.Start(t, controlplane.Options{CRDDirectoryPaths: []string{filepath.Join(chartDir, "crds")}})
+	require.NoError(t, cp.EnsureNamespace(context.Background(), chartNamespace))
 	for _, tc := range []struct {
 		name   string
 		values []string
@@ -287,6 +321,8 @@ func TestChartLintsRendersAndValidates(t *testing.T) {
 				assert.Equal(t, true, kvSpec["hostNetwork"])
 				assert.Equal(t, "ClusterFirstWithHostNet", kvSpec["dnsPolicy"])
 			}
+
+			checkContainers(t, byKind)
 
 			// The API server validates every object (schemas, admission).
 			applyObjects(t, cp.Config, objs, true)

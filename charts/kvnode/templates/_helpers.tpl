@@ -36,3 +36,15 @@ app.kubernetes.io/component: nmi
 {{- define "kvnode.nmiHostAddr" -}}
 127.0.0.1:{{ .Values.nmi.hostPort }}
 {{- end -}}
+
+{{/*
+The CSI sidecars' container security context: they talk to kvdriver and
+kubelet over unix sockets in root-owned hostPath directories, as root (the
+sockets' owner), and need no capability and no writable root filesystem.
+*/}}
+{{- define "kvnode.sidecarSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: [ALL]
+{{- end -}}
