@@ -26,6 +26,10 @@ deps: ## Install the Debian packages the tests need (root).
 node-bins: ## Build (once, cached) kubelet, kube-controller-manager and kube-scheduler for the test node.
 	@hack/node-bins.sh >/dev/null
 
+.PHONY: images
+images: ## Build (cached by content) the test cluster's image tarballs: kvdriver, nmi, the CSI sidecars, pause, the test app; prints their directory.
+	@hack/images.sh
+
 .PHONY: controlplane
 controlplane: ## Build (once, cached) etcd, kube-apiserver and helm for the tests.
 	@hack/controlplane-bins.sh >/dev/null
@@ -40,8 +44,9 @@ build: ## Build the binaries into bin/.
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/kvdriver ./cmd/nmi ./test/emulator/cmd/azure-emulator
 
 .PHONY: test
-test: deps controlplane ## Run every test: unit, emulator SDK tests, control-plane e2e (root).
-	$(TEST_ENV) $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
+test: deps controlplane images ## Run every test: unit, emulator SDK tests, images, control-plane e2e (root).
+	$(TEST_ENV) KVNODE_IMAGES=$$(hack/images.sh) $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
+	cd tools/images && $(GO) test -race -count=1 ./...
 
 .PHONY: e2e
 e2e: deps controlplane ## Run only the end-to-end tests.
@@ -60,12 +65,13 @@ generate: ## Regenerate pkg/providerapi's Go code from its .proto (needs protoc:
 	@hack/generate.sh
 
 .PHONY: lint
-lint: ## gofmt, go vet and staticcheck (pinned in tools/lint).
+lint: ## gofmt, go vet and staticcheck (pinned in tools/lint), on kvnode and tools/images.
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); \
 	if [[ -n "$$unformatted" ]]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
 	$(GO) vet ./...
 	cd tools/lint && $(GO) build -o ../../$(BIN)/staticcheck honnef.co/go/tools/cmd/staticcheck
 	$(BIN)/staticcheck ./...
+	cd tools/images && $(GO) vet ./... && ../../$(BIN)/staticcheck ./...
 
 # The demo needs root; without it, make says so in one line before it
 # installs or builds anything.
