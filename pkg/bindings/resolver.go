@@ -41,11 +41,10 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/dynamic/dynamicinformer"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
 
+	"github.com/kvnode/kvnode/pkg/kube"
 	"github.com/kvnode/kvnode/pkg/podauth"
 )
 
@@ -77,8 +76,8 @@ type Resolver struct {
 	// saReflector feeds saStore, which keeps bySA (serviceaccounts.go).
 	saReflector *cache.Reflector
 	saStore     *saStore
-	saDone      chan struct{} // closed when saReflector has returned
-	crds        dynamicinformer.DynamicSharedInformerFactory
+	saDone      chan struct{}             // closed when saReflector has returned
+	crdsDone    func()                    // waits for the CRD informers to return
 	azIDs       cache.SharedIndexInformer // nil with SkipAzureIdentities
 	azBinds     cache.SharedIndexInformer // nil with SkipAzureIdentities
 	handlers    []cache.ResourceEventHandlerRegistration
@@ -109,15 +108,14 @@ const (
 
 // New returns a resolver that watches ServiceAccounts through client and,
 // unless cfg.SkipAzureIdentities, aad-pod-identity's objects through dyn.
-func New(client kubernetes.Interface, dyn dynamic.Interface, cfg Config) (*Resolver, error) {
+func New(client *kube.Core, dyn dynamic.Interface, cfg Config) (*Resolver, error) {
 	r := newResolver(cfg)
 	r.saReflector, r.saStore = newServiceAccountReflector(client, r)
 	if cfg.SkipAzureIdentities {
 		return r, nil
 	}
-	r.crds = dynamicinformer.NewDynamicSharedInformerFactory(dyn, 0)
-	r.azIDs = r.crds.ForResource(AzureIdentitiesResource).Informer()
-	r.azBinds = r.crds.ForResource(AzureIdentityBindingsResource).Informer()
+	r.azIDs = kube.DynamicInformer(dyn, AzureIdentitiesResource, 0, nil)
+	r.azBinds = kube.DynamicInformer(dyn, AzureIdentityBindingsResource, 0, nil)
 	// The caches hold the typed fields the resolver reads, converted once
 	// per change, not the unstructured objects (maps of every field,
 	// managedFields included).
@@ -183,8 +181,8 @@ func (r *Resolver) Start(ctx context.Context) {
 		defer close(r.saDone)
 		r.saReflector.RunWithContext(ctx)
 	}()
-	if r.crds != nil {
-		r.crds.Start(ctx.Done())
+	if r.azIDs != nil {
+		r.crdsDone = kube.Run(ctx, r.azIDs, r.azBinds)
 	}
 }
 
@@ -194,8 +192,8 @@ func (r *Resolver) Shutdown() {
 	if r.saDone != nil {
 		<-r.saDone
 	}
-	if r.crds != nil {
-		r.crds.Shutdown()
+	if r.crdsDone != nil {
+		r.crdsDone()
 	}
 }
 

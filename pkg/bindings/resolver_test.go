@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
 
+	"github.com/kvnode/kvnode/pkg/kube"
 	"github.com/kvnode/kvnode/pkg/podauth"
 	"github.com/kvnode/kvnode/test/controlplane"
 	"github.com/kvnode/kvnode/test/testenv"
@@ -47,7 +48,9 @@ func startCluster(t *testing.T) *cluster {
 	}
 	dyn, err := dynamic.NewForConfig(cp.Config)
 	require.NoError(t, err)
-	r, err := New(cp.Client, dyn, Config{DefaultTenantID: defaultTenant, NodeIdentities: []string{nodeMI}})
+	core, err := kube.NewCore(cp.Config)
+	require.NoError(t, err)
+	r, err := New(core, dyn, Config{DefaultTenantID: defaultTenant, NodeIdentities: []string{nodeMI}})
 	require.NoError(t, err)
 	rctx, stop := context.WithCancel(ctx)
 	r.Start(rctx)

@@ -1,17 +1,14 @@
 package bindings
 
 import (
-	"context"
 	"strings"
 	"sync/atomic"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/watch"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/kvnode/kvnode/pkg/kube"
 	"github.com/kvnode/kvnode/pkg/podauth"
 )
 
@@ -34,16 +31,8 @@ type saStore struct {
 }
 
 // newServiceAccountReflector returns the Reflector that keeps r.bySA.
-func newServiceAccountReflector(client kubernetes.Interface, r *Resolver) (*cache.Reflector, *saStore) {
-	sas := client.CoreV1().ServiceAccounts(metav1.NamespaceAll)
-	lw := &cache.ListWatch{
-		ListWithContextFunc: func(ctx context.Context, opts metav1.ListOptions) (runtime.Object, error) {
-			return sas.List(ctx, opts)
-		},
-		WatchFuncWithContext: func(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
-			return sas.Watch(ctx, opts)
-		},
-	}
+func newServiceAccountReflector(client *kube.Core, r *Resolver) (*cache.Reflector, *saStore) {
+	lw := client.ListWatch("serviceaccounts", metav1.NamespaceAll, nil)
 	store := &saStore{r: r}
 	return cache.NewReflectorWithOptions(lw, &corev1.ServiceAccount{}, store,
 		cache.ReflectorOptions{Name: "serviceaccounts", TypeDescription: "*v1.ServiceAccount"}), store

@@ -4,10 +4,9 @@ import (
 	"context"
 
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
-	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/tools/record"
+
+	"github.com/kvnode/kvnode/pkg/kube"
 )
 
 // PodEvents records events on pods through the API server, as kubelet and
@@ -22,12 +21,12 @@ var _ EventSink = (*PodEvents)(nil)
 
 // NewPodEvents returns a recorder whose events name component (kvdriver)
 // and node as their source.
-func NewPodEvents(client kubernetes.Interface, component, node string) *PodEvents {
+func NewPodEvents(client *kube.Core, component, node string) *PodEvents {
 	b := record.NewBroadcaster(record.WithContext(context.Background()))
-	b.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
+	b.StartRecordingToSink(client.EventSink())
 	return &PodEvents{
 		broadcaster: b,
-		recorder:    b.NewRecorder(scheme.Scheme, corev1.EventSource{Component: component, Host: node}),
+		recorder:    b.NewRecorder(kube.Scheme, corev1.EventSource{Component: component, Host: node}),
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -11,9 +12,9 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/kvnode/kvnode/pkg/kube"
 	"github.com/kvnode/kvnode/pkg/spc"
 )
 
@@ -22,10 +23,38 @@ import (
 // yet is read from the API server once: a class created just before its
 // pod (kubectl apply of both) may reach the publish before the watch event
 // reaches the informer, and on a loaded API server that can take seconds.
+//
+// The informer holds each class as a *Class: converted from unstructured
+// once per change (not at every publish), with only the fields a mount
+// reads (no managedFields, no annotations such as kubectl's
+// last-applied-configuration, which repeats the whole spec), and parsed at
+// most once per version.
 type ClassInformer struct {
 	client   dynamic.Interface
-	factory  dynamicinformer.DynamicSharedInformerFactory
 	informer cache.SharedIndexInformer
+	done     func()
+}
+
+// Class is a SecretProviderClass as ClassInformer holds it. It is shared by
+// every mount of the class and must not be modified.
+type Class struct {
+	*spc.SecretProviderClass
+	parseOnce sync.Once
+	cfg       *spc.Config
+	parseErr  error
+}
+
+// AzureConfig returns the class's parameters parsed for the Azure provider
+// (spc.Parse), parsing them once per class version. Parameters that make
+// Parse read a file (an AzureStackCloud environment file) are parsed at
+// every call, so that a changed file is read. The Config is shared and must
+// not be modified.
+func (c *Class) AzureConfig() (*spc.Config, error) {
+	if spc.ReadsFiles(c.Spec.Parameters) {
+		return spc.Parse(c.Spec.Parameters)
+	}
+	c.parseOnce.Do(func() { c.cfg, c.parseErr = spc.Parse(c.Spec.Parameters) })
+	return c.cfg, c.parseErr
 }
 
 // missTimeout bounds the API call made for a class the informer lacks.
@@ -33,13 +62,49 @@ const missTimeout = 5 * time.Second
 
 // NewClassInformer watches SecretProviderClasses in all namespaces.
 func NewClassInformer(client dynamic.Interface, resync time.Duration) *ClassInformer {
-	f := dynamicinformer.NewDynamicSharedInformerFactory(client, resync)
-	gi := f.ForResource(spc.SecretProviderClassesResource)
-	return &ClassInformer{client: client, factory: f, informer: gi.Informer()}
+	inf := kube.DynamicInformer(client, spc.SecretProviderClassesResource, resync, nil)
+	// SetTransform fails only once the informer has started.
+	_ = inf.SetTransform(slimClass)
+	return &ClassInformer{client: client, informer: inf}
+}
+
+// slimClass is the informer's transform: unstructured to *Class. An object
+// that does not convert is kept as the error, so that its key still
+// follows its changes and a publish reports the problem.
+func slimClass(obj any) (any, error) {
+	u, ok := obj.(*unstructured.Unstructured)
+	if !ok {
+		return obj, nil // a tombstone, or already a *Class
+	}
+	return classFrom(u), nil
+}
+
+// classFrom converts an unstructured SecretProviderClass, keeping what a
+// mount reads.
+func classFrom(u *unstructured.Unstructured) any {
+	full := &spc.SecretProviderClass{}
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, full); err != nil {
+		return &badClass{ObjectMeta: slimMeta(u), err: fmt.Errorf("SecretProviderClass %s/%s: %w", u.GetNamespace(), u.GetName(), err)}
+	}
+	full.ObjectMeta = slimMeta(u)
+	return &Class{SecretProviderClass: full}
+}
+
+// slimMeta is the metadata a mount reads: name, namespace, UID and
+// resourceVersion (events name the class version they were about).
+func slimMeta(u *unstructured.Unstructured) metav1.ObjectMeta {
+	return metav1.ObjectMeta{Namespace: u.GetNamespace(), Name: u.GetName(), UID: u.GetUID(), ResourceVersion: u.GetResourceVersion()}
+}
+
+// badClass stands in the informer for an object that is no valid
+// SecretProviderClass.
+type badClass struct {
+	metav1.ObjectMeta
+	err error
 }
 
 // Start runs the informer until ctx ends.
-func (c *ClassInformer) Start(ctx context.Context) { c.factory.Start(ctx.Done()) }
+func (c *ClassInformer) Start(ctx context.Context) { c.done = kube.Run(ctx, c.informer) }
 
 // HasSynced reports whether the first list has completed.
 func (c *ClassInformer) HasSynced() bool { return c.informer.HasSynced() }
@@ -53,7 +118,7 @@ func (c *ClassInformer) WaitForSync(ctx context.Context) bool {
 // informer does not hold it, from the API server; a NotFound API error when
 // the API server has no such class either, another error when it cannot
 // say.
-func (c *ClassInformer) Get(ctx context.Context, namespace, name string) (*spc.SecretProviderClass, error) {
+func (c *ClassInformer) Get(ctx context.Context, namespace, name string) (*Class, error) {
 	if !c.informer.HasSynced() {
 		return nil, errors.New("SecretProviderClass informer has not synced yet")
 	}
@@ -68,23 +133,15 @@ func (c *ClassInformer) Get(ctx context.Context, namespace, name string) (*spc.S
 		if err != nil {
 			return nil, err
 		}
-		return classFrom(u)
+		obj = classFrom(u)
 	}
-	u, ok := obj.(*unstructured.Unstructured)
-	if !ok {
-		return nil, fmt.Errorf("unexpected object %T in the SecretProviderClass informer", obj)
+	switch o := obj.(type) {
+	case *Class:
+		return o, nil
+	case *badClass:
+		return nil, o.err
 	}
-	return classFrom(u)
-}
-
-// classFrom converts an unstructured SecretProviderClass.
-func classFrom(u *unstructured.Unstructured) (*spc.SecretProviderClass, error) {
-	namespace, name := u.GetNamespace(), u.GetName()
-	out := &spc.SecretProviderClass{}
-	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, out); err != nil {
-		return nil, fmt.Errorf("SecretProviderClass %s/%s: %w", namespace, name, err)
-	}
-	return out, nil
+	return nil, fmt.Errorf("unexpected object %T in the SecretProviderClass informer", obj)
 }
 
 // PodStatusWriter creates or updates SecretProviderClassPodStatus objects.

@@ -49,7 +49,7 @@ const (
 // ClassGetter finds a SecretProviderClass (ClassInformer: its cache, then
 // the API server on a miss).
 type ClassGetter interface {
-	Get(ctx context.Context, namespace, name string) (*spc.SecretProviderClass, error)
+	Get(ctx context.Context, namespace, name string) (*Class, error)
 }
 
 // Publisher mounts and unmounts volumes (volume.Publisher).
@@ -232,7 +232,7 @@ func (s *NodeServer) publish(ctx context.Context, req *csipb.NodePublishVolumeRe
 	start := time.Now()
 	var changed bool
 	if class.Spec.Provider != "azure" {
-		err = s.forward(ctx, req, pod, class, &changed)
+		err = s.forward(ctx, req, pod, class.SecretProviderClass, &changed)
 	} else {
 		err = s.publishAzure(ctx, req, pod, class, &changed)
 	}
@@ -290,9 +290,9 @@ func (s *NodeServer) markFetched(target string, at time.Time) {
 
 // publishAzure publishes a class of the Azure provider; changed tells
 // whether the files changed.
-func (s *NodeServer) publishAzure(ctx context.Context, req *csipb.NodePublishVolumeRequest, pod podInfo, class *spc.SecretProviderClass, changed *bool) error {
+func (s *NodeServer) publishAzure(ctx context.Context, req *csipb.NodePublishVolumeRequest, pod podInfo, class *Class, changed *bool) error {
 	className := class.Name
-	cfg, err := spc.Parse(class.Spec.Parameters)
+	cfg, err := class.AzureConfig()
 	if err != nil {
 		return status.Errorf(codes.InvalidArgument, "SecretProviderClass %s/%s: %v", pod.namespace, className, err)
 	}
@@ -300,7 +300,9 @@ func (s *NodeServer) publishAzure(ctx context.Context, req *csipb.NodePublishVol
 	if err != nil {
 		return err
 	}
-	warnings := append(cfg.Warnings, idWarnings...)
+	// cfg is shared with every mount of the class: never append to its
+	// slices.
+	warnings := slices.Concat(cfg.Warnings, idWarnings)
 	if s.opts.StrictParameters && len(warnings) > 0 {
 		return status.Errorf(codes.InvalidArgument,
 			"SecretProviderClass %s/%s: refused by --strict-parameters (the upstream provider would mount it): %s",
@@ -324,8 +326,8 @@ func (s *NodeServer) publishAzure(ctx context.Context, req *csipb.NodePublishVol
 		warnings = append(warnings, &spc.FieldError{Field: w.Field, Detail: w.Detail})
 	}
 	logger := klog.FromContext(ctx).WithValues("pod", klog.KRef(pod.namespace, pod.name), "class", className)
-	syncProblems := s.syncSecrets(ctx, pod, class, res.Files)
-	s.warn(logger, req.GetTargetPath(), pod, class, warnings, syncProblems)
+	syncProblems := s.syncSecrets(ctx, pod, class.SecretProviderClass, res.Files)
+	s.warn(logger, req.GetTargetPath(), pod, class.SecretProviderClass, warnings, syncProblems)
 	*changed = res.Changed
 	if res.Mounted || res.Changed {
 		s.statuses.Record(podStatus(s.nodeID, pod, className, req.GetTargetPath(), res.Versions))

@@ -27,7 +27,6 @@ import (
 	"golang.org/x/sync/errgroup"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/klog/v2"
 
 	"github.com/kvnode/kvnode/pkg/csi"
@@ -108,7 +107,7 @@ func New(cfg Config) (*Daemon, error) {
 		return nil, err
 	}
 
-	client, err := kubernetes.NewForConfig(restCfg)
+	client, err := kube.NewCore(restCfg)
 	if err != nil {
 		return nil, err
 	}
@@ -116,7 +115,7 @@ func New(cfg Config) (*Daemon, error) {
 
 	var secrets csi.SecretSyncer
 	if cfg.SyncSecrets {
-		secrets = secretsync.New(client.CoreV1(), secretsync.Options{Types: cfg.SyncSecretTypes})
+		secrets = secretsync.New(client, secretsync.Options{Types: cfg.SyncSecretTypes})
 	}
 
 	d.reg = prometheus.NewRegistry()

@@ -27,7 +27,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"golang.org/x/sync/errgroup"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/klog/v2"
 
 	"github.com/kvnode/kvnode/pkg/bindings"
@@ -103,7 +102,7 @@ func New(cfg Config) (_ *Daemon, err error) {
 	if err != nil {
 		return nil, err
 	}
-	client, err := kubernetes.NewForConfig(restCfg)
+	client, err := kube.NewCore(restCfg)
 	if err != nil {
 		return nil, err
 	}
@@ -139,7 +138,7 @@ func New(cfg Config) (_ *Daemon, err error) {
 	transport.Proxy = http.ProxyFromEnvironment
 	tokens := tokensource.Cached{
 		IMDS:             tokencache.New(tokensource.NewNodeIMDS(cfg.IMDSEndpoint, &http.Client{Transport: transport}), tokencache.Options{}),
-		WorkloadIdentity: tokencache.New(tokensource.NewWorkloadTokens(client.CoreV1(), tokensource.WorkloadTokenOptions{}), tokencache.Options{}),
+		WorkloadIdentity: tokencache.New(tokensource.NewWorkloadTokens(client, tokensource.WorkloadTokenOptions{}), tokencache.Options{}),
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

@@ -54,11 +54,10 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
 
+	"github.com/kvnode/kvnode/pkg/kube"
 	"github.com/kvnode/kvnode/pkg/podauth"
 )
 
@@ -75,8 +74,8 @@ type Links interface {
 type Index struct {
 	node     string
 	links    Links // nil: claims are not tied to interfaces
-	factory  informers.SharedInformerFactory
 	informer cache.SharedIndexInformer
+	done     chan struct{} // closed when the informer's Run returns
 	synced   cache.ResourceEventHandlerRegistration
 
 	mu sync.RWMutex
@@ -129,19 +128,20 @@ func (c claim) beats(d claim) bool {
 // lists and watches only those pods through client. links, when not nil,
 // ties claims to pod interfaces (see the package comment); nil serves an
 // address to any connection from it (bridge layouts).
-func New(client kubernetes.Interface, node string, links Links) (*Index, error) {
+func New(client *kube.Core, node string, links Links) (*Index, error) {
 	if node == "" {
 		return nil, errors.New("podindex: node name is required")
 	}
 	selector := fields.OneTermEqualSelector("spec.nodeName", node).String()
-	factory := informers.NewSharedInformerFactoryWithOptions(client, 0,
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = selector }),
-		informers.WithTransform(slimPod))
+	lw := client.ListWatch("pods", metav1.NamespaceAll, func(o *metav1.ListOptions) { o.FieldSelector = selector })
 	ix := newIndex()
 	ix.node = node
 	ix.links = links
-	ix.factory = factory
-	ix.informer = factory.Core().V1().Pods().Informer()
+	// No indexes: the index's own maps are what lookups read.
+	ix.informer = cache.NewSharedIndexInformerWithOptions(lw, &corev1.Pod{}, cache.SharedIndexInformerOptions{})
+	if err := ix.informer.SetTransform(slimPod); err != nil {
+		return nil, fmt.Errorf("podindex: set transform: %w", err)
+	}
 	reg, err := ix.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { ix.observe(obj) },
 		UpdateFunc: func(_, obj any) { ix.observe(obj) },
@@ -165,13 +165,19 @@ func newIndex() *Index {
 
 // Start runs the informer until ctx ends. It does not block.
 func (ix *Index) Start(ctx context.Context) {
-	ix.factory.StartWithContext(ctx)
+	ix.done = make(chan struct{})
+	go func() {
+		defer close(ix.done)
+		ix.informer.RunWithContext(ctx)
+	}()
 }
 
 // Shutdown waits for the informer's goroutines to end after Start's context
 // has ended.
 func (ix *Index) Shutdown() {
-	ix.factory.Shutdown()
+	if ix.done != nil {
+		<-ix.done
+	}
 }
 
 // HasSynced reports whether the index holds every pod of the initial list,

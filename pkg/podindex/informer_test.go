@@ -17,6 +17,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 
+	"github.com/kvnode/kvnode/pkg/kube"
 	"github.com/kvnode/kvnode/test/controlplane"
 	"github.com/kvnode/kvnode/test/testenv"
 )
@@ -48,7 +49,9 @@ func startCluster(t *testing.T) *cluster {
 	_, err := cp.CreateServiceAccount(ctx, ns, "app", nil)
 	require.NoError(t, err)
 
-	ix, err := New(cp.Client, "node-a", nil)
+	core, err := kube.NewCore(cp.Config)
+	require.NoError(t, err)
+	ix, err := New(core, "node-a", nil)
 	require.NoError(t, err)
 	ictx, stop := context.WithCancel(ctx)
 	ix.Start(ictx)

@@ -24,7 +24,7 @@ func BenchmarkSyncUnchanged(b *testing.B) {
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			cs := fake.NewClientset()
-			s := New(cs.CoreV1(), Options{})
+			s := New(clientsetWriter{cs}, Options{})
 			ctx := context.Background()
 			if err := s.Sync(ctx, testPod(0), bc.class, bc.files); err != nil {
 				b.Fatal(err)

@@ -30,8 +30,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	applycorev1 "k8s.io/client-go/applyconfigurations/core/v1"
-	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
 
@@ -78,7 +76,7 @@ type Options struct {
 // concurrent use; syncs of one Secret are serialised, syncs of different
 // Secrets run in parallel.
 type Syncer struct {
-	client corev1client.SecretsGetter
+	client SecretWriter
 	opts   Options
 
 	mu        sync.Mutex
@@ -101,9 +99,15 @@ type secretState struct {
 	owners map[types.UID]time.Time
 }
 
-// New returns a Syncer writing through client, a typed core/v1 client
-// (kubernetes.Interface.CoreV1()) authenticated as kvdriver.
-func New(client corev1client.SecretsGetter, opts Options) *Syncer {
+// SecretWriter writes Secrets (kube.Core): a server-side apply of body, an
+// apply configuration as JSON, and a patch that never creates.
+type SecretWriter interface {
+	ApplySecret(ctx context.Context, namespace, name string, body []byte, opts metav1.ApplyOptions) (*corev1.Secret, error)
+	PatchSecret(ctx context.Context, namespace, name string, pt types.PatchType, body []byte, opts metav1.PatchOptions) (*corev1.Secret, error)
+}
+
+// New returns a Syncer writing through client, authenticated as kvdriver.
+func New(client SecretWriter, opts Options) *Syncer {
 	if opts.FieldManager == "" {
 		opts.FieldManager = DefaultFieldManager
 	}
@@ -218,12 +222,34 @@ func (s *Syncer) write(ctx context.Context, pod Pod, d *desired) (applied, owner
 // edit): the mounted files are the truth, as the upstream driver's Update
 // treats them. Fields other managers own alone are kept.
 func (s *Syncer) apply(ctx context.Context, namespace string, d *desired) error {
-	ac := applycorev1.Secret(d.name, namespace).WithType(d.typ).WithLabels(d.labels).WithData(d.data)
-	if len(d.annotations) > 0 {
-		ac.WithAnnotations(d.annotations)
+	var ac secretApply
+	ac.APIVersion, ac.Kind = "v1", "Secret"
+	ac.Metadata.Name, ac.Metadata.Namespace = d.name, namespace
+	ac.Metadata.Labels, ac.Metadata.Annotations = d.labels, d.annotations
+	ac.Type, ac.Data = d.typ, d.data
+	body, err := json.Marshal(&ac)
+	if err != nil {
+		return err
 	}
-	_, err := s.client.Secrets(namespace).Apply(ctx, ac, metav1.ApplyOptions{FieldManager: s.opts.FieldManager, Force: true})
+	_, err = s.client.ApplySecret(ctx, namespace, d.name, body, metav1.ApplyOptions{FieldManager: s.opts.FieldManager, Force: true})
 	return err
+}
+
+// secretApply is the apply configuration of a synced Secret: exactly the
+// fields kvdriver manages, so that it owns no others. (client-go's apply
+// configurations would do, but their package links every built-in API
+// group into kvdriver; see kube.Core.)
+type secretApply struct {
+	APIVersion string `json:"apiVersion"`
+	Kind       string `json:"kind"`
+	Metadata   struct {
+		Name        string            `json:"name"`
+		Namespace   string            `json:"namespace"`
+		Labels      map[string]string `json:"labels,omitempty"`
+		Annotations map[string]string `json:"annotations,omitempty"`
+	} `json:"metadata"`
+	Type corev1.SecretType `json:"type"`
+	Data map[string][]byte `json:"data,omitempty"`
 }
 
 // ownerPatch is a strategic merge patch that adds one owner reference:
@@ -243,7 +269,7 @@ func (s *Syncer) addOwner(ctx context.Context, pod Pod, name string) error {
 	if err != nil {
 		return err
 	}
-	_, err = s.client.Secrets(pod.Namespace).Patch(ctx, name, types.StrategicMergePatchType, body, metav1.PatchOptions{FieldManager: s.opts.FieldManager})
+	_, err = s.client.PatchSecret(ctx, pod.Namespace, name, types.StrategicMergePatchType, body, metav1.PatchOptions{FieldManager: s.opts.FieldManager})
 	return err
 }
 

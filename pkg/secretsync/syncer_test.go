@@ -47,7 +47,7 @@ func newSyncFixture(t *testing.T) *syncFixture {
 	t.Helper()
 	cs := fake.NewClientset()
 	clk := clocktesting.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
-	return &syncFixture{cs: cs, clock: clk, syncer: New(cs.CoreV1(), Options{Clock: clk, Resync: 10 * time.Minute})}
+	return &syncFixture{cs: cs, clock: clk, syncer: New(clientsetWriter{cs}, Options{Clock: clk, Resync: 10 * time.Minute})}
 }
 
 // requests returns the verbs of the requests since the last call, as

@@ -123,6 +123,13 @@ func (c *Config) AuthMode() AuthMode {
 	}
 }
 
+// ReadsFiles reports whether Parse of params reads a file (the Azure
+// environment file of cloudName AzureStackCloud), so that its result can
+// change while params do not.
+func ReadsFiles(params map[string]string) bool {
+	return strings.EqualFold(strings.TrimSpace(params[ParamCloudName]), AzureStackCloud)
+}
+
 // Parse reads the Azure provider's parameters (a SecretProviderClass's
 // spec.parameters) into a Config. All values are trimmed of surrounding
 // white space first, as upstream does. What upstream refuses, or what it

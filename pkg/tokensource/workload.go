@@ -12,7 +12,6 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 
 	"github.com/kvnode/kvnode/pkg/identity"
 	"github.com/kvnode/kvnode/pkg/tokencache"
@@ -47,16 +46,21 @@ type WorkloadTokenOptions struct {
 // refresh has no pod to bind it to. It is short-lived, never stored and
 // never logged.
 type WorkloadTokens struct {
-	sas  corev1client.ServiceAccountsGetter
+	sas  TokenRequester
 	opts WorkloadTokenOptions
+}
+
+// TokenRequester asks the TokenRequest API for a ServiceAccount's token
+// (kube.Core).
+type TokenRequester interface {
+	CreateToken(ctx context.Context, namespace, name string, tr *authenticationv1.TokenRequest, opts metav1.CreateOptions) (*authenticationv1.TokenRequest, error)
 }
 
 var _ tokencache.Source = (*WorkloadTokens)(nil)
 
 // NewWorkloadTokens returns a source that requests service-account tokens
-// through sas (a clientset's CoreV1()); it needs "create" on
-// serviceaccounts/token.
-func NewWorkloadTokens(sas corev1client.ServiceAccountsGetter, opts WorkloadTokenOptions) *WorkloadTokens {
+// through sas; it needs "create" on serviceaccounts/token.
+func NewWorkloadTokens(sas TokenRequester, opts WorkloadTokenOptions) *WorkloadTokens {
 	if opts.AssertionLifetime <= 0 {
 		opts.AssertionLifetime = 10 * time.Minute
 	}
@@ -98,7 +102,7 @@ func (w *WorkloadTokens) serviceAccountToken(ctx context.Context, namespace, nam
 		Audiences:         []string{identity.WorkloadAudience},
 		ExpirationSeconds: &secs,
 	}}
-	out, err := w.sas.ServiceAccounts(namespace).CreateToken(ctx, name, tr, metav1.CreateOptions{})
+	out, err := w.sas.CreateToken(ctx, namespace, name, tr, metav1.CreateOptions{})
 	if err != nil {
 		return "", fmt.Errorf("request a token of service account %s/%s: %w", namespace, name, err)
 	}

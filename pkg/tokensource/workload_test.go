@@ -55,7 +55,7 @@ func (f *fixture) fakeTokenAPI(t *testing.T) (*fake.Clientset, *tokenRequests) {
 func TestWorkloadTokensExchange(t *testing.T) {
 	f := newFixture(t)
 	client, rec := f.fakeTokenAPI(t)
-	src := NewWorkloadTokens(client.CoreV1(), WorkloadTokenOptions{ClientOptions: azcore.ClientOptions{Transport: f.emu.HTTPClient()}})
+	src := NewWorkloadTokens(clientsetTokens{client}, WorkloadTokenOptions{ClientOptions: azcore.ClientOptions{Transport: f.emu.HTTPClient()}})
 	cache := tokencache.New(src, tokencache.Options{})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -100,7 +100,7 @@ func TestWorkloadTokensExchange(t *testing.T) {
 }
 
 func TestWorkloadTokensNeedATenant(t *testing.T) {
-	src := NewWorkloadTokens(fake.NewClientset().CoreV1(), WorkloadTokenOptions{})
+	src := NewWorkloadTokens(clientsetTokens{fake.NewClientset()}, WorkloadTokenOptions{})
 	_, err := src.Token(context.Background(), tokencache.Key{Identity: wiClient, Resource: "r", ServiceAccount: types.NamespacedName{Namespace: "apps", Name: "web"}})
 	assert.ErrorIs(t, err, errNoTenant)
 }

@@ -34,6 +34,7 @@ import (
 	"k8s.io/klog/v2/textlogger"
 	clocktesting "k8s.io/utils/clock/testing"
 
+	"github.com/kvnode/kvnode/pkg/kube"
 	"github.com/kvnode/kvnode/pkg/secretsync"
 	"github.com/kvnode/kvnode/pkg/spc"
 	"github.com/kvnode/kvnode/test/controlplane"
@@ -147,9 +148,9 @@ func (e *syncEnv) newSyncer(t *testing.T, opts secretsync.Options) *secretsync.S
 	t.Helper()
 	cfg := rest.CopyConfig(e.asDriver)
 	cfg.Wrap(e.requests.wrap)
-	cs, err := kubernetes.NewForConfig(cfg)
+	core, err := kube.NewCore(cfg)
 	require.NoError(t, err)
-	return secretsync.New(cs.CoreV1(), opts)
+	return secretsync.New(core, opts)
 }
 
 // syncCtx carries a logger that writes everything, client-go's request
