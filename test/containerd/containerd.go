@@ -212,6 +212,17 @@ func (c *Containerd) Import(ctx context.Context, tarballs ...string) error {
 	return nil
 }
 
+// Run runs image ref as a container named id to completion, with env
+// (NAME=value), and returns what it printed. ctr's FIFOs go under Dir, where
+// both ctr and containerd see them.
+func (c *Containerd) Run(ctx context.Context, ref, id string, env ...string) (string, error) {
+	args := []string{"run", "--rm", "--fifo-dir", filepath.Join(c.Dir, "fifo")}
+	for _, e := range env {
+		args = append(args, "--env", e)
+	}
+	return c.Ctr(ctx, append(args, ref, id)...)
+}
+
 // Images lists the names of the images containerd holds.
 func (c *Containerd) Images(ctx context.Context) ([]string, error) {
 	out, err := c.Ctr(ctx, "images", "list", "--quiet")

@@ -141,6 +141,35 @@ func Files(tarball string) ([][]string, error) {
 	return all, nil
 }
 
+// ReadFile returns the content of file name (no leading slash) in the
+// image's topmost layer that has it.
+func ReadFile(tarball, name string) ([]byte, error) {
+	m, _, err := Read(tarball)
+	if err != nil {
+		return nil, err
+	}
+	for i := len(m.Layers) - 1; i >= 0; i-- {
+		var data []byte
+		found := false
+		err := eachLayerEntry(tarball, m.Layers[i], func(h *tar.Header, r io.Reader) error {
+			if found || path.Clean(h.Name) != name || h.Typeflag != tar.TypeReg {
+				return nil
+			}
+			found = true
+			var err error
+			data, err = io.ReadAll(r)
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
+		if found {
+			return data, nil
+		}
+	}
+	return nil, fmt.Errorf("%s: no file %s", tarball, name)
+}
+
 // Extract unpacks the image's layers into dst, as a container's root
 // filesystem (no whiteouts: these images have none).
 func Extract(tarball, dst string) error {
