@@ -284,13 +284,14 @@ func (c *Credentials) build(key credKey, req Request) (*cached, error) {
 			client: c.nmi, namespace: req.Namespace, pod: req.PodName}
 	case ServicePrincipal:
 		e.cred, err = azidentity.NewClientSecretCredential(req.TenantID, req.ClientID, req.ClientSecret,
-			&azidentity.ClientSecretCredentialOptions{ClientOptions: opts})
+			&azidentity.ClientSecretCredentialOptions{ClientOptions: opts, DisableInstanceDiscovery: KnownAuthority(opts.Cloud.ActiveDirectoryAuthorityHost)})
 	case WorkloadIdentity, IdentityBinding:
 		e.assertion = &atomic.Pointer[string]{}
 		tok := req.ServiceAccountToken
 		e.assertion.Store(&tok)
 		holder := e.assertion
-		caOpts := &azidentity.ClientAssertionCredentialOptions{ClientOptions: opts}
+		caOpts := &azidentity.ClientAssertionCredentialOptions{ClientOptions: opts,
+			DisableInstanceDiscovery: KnownAuthority(opts.Cloud.ActiveDirectoryAuthorityHost)}
 		if req.Mode == IdentityBinding {
 			// As the Azure SDK's EnableAzureProxy and the upstream
 			// provider: every request to the proxy, no instance

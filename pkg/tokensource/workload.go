@@ -83,7 +83,8 @@ func (w *WorkloadTokens) Token(ctx context.Context, key tokencache.Key) (tokenca
 		return w.serviceAccountToken(ctx, sa.Namespace, sa.Name)
 	}
 	cred, err := azidentity.NewClientAssertionCredential(key.Tenant, key.Identity, assertion,
-		&azidentity.ClientAssertionCredentialOptions{ClientOptions: w.opts.ClientOptions})
+		&azidentity.ClientAssertionCredentialOptions{ClientOptions: w.opts.ClientOptions,
+			DisableInstanceDiscovery: identity.KnownAuthority(w.opts.ClientOptions.Cloud.ActiveDirectoryAuthorityHost)})
 	if err != nil {
 		return tokencache.Token{}, fmt.Errorf("workload identity %s: build credential: %w", key.Identity, err)
 	}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/kvnode/kvnode/pkg/identity"
 	"github.com/kvnode/kvnode/pkg/tokencache"
+	"github.com/kvnode/kvnode/test/emulator"
 )
 
 // tokenRequests records the TokenRequests a fake clientset answered.
@@ -69,6 +70,14 @@ func TestWorkloadTokensExchange(t *testing.T) {
 	assert.Equal(t, wiClient, c["appid"])
 	assert.Equal(t, tenant, c["tid"])
 	assert.WithinDuration(t, time.Now().Add(time.Hour), tok.ExpiresOn, 5*time.Minute)
+	// Two round trips to Entra ID per exchange: the tenant's OpenID
+	// configuration and the token; no instance discovery for the public
+	// cloud's authority.
+	var entra []string
+	for _, r := range f.emu.Requests(emulator.RequestFilter{Service: emulator.ServiceEntra}) {
+		entra = append(entra, r.Method+" "+r.Path)
+	}
+	assert.Equal(t, []string{"GET /" + tenant + "/v2.0/.well-known/openid-configuration", "POST /" + tenant + "/oauth2/v2.0/token"}, entra)
 
 	// The service-account token asked for: the right account, Entra ID's
 	// audience, ten minutes.

@@ -177,6 +177,8 @@ func requestCounts(emu *emulator.Emulator) map[string]int {
 		"kv-GET":      emu.CountRequests(emulator.RequestFilter{Service: emulator.ServiceKeyVault, Status: http.StatusOK}),
 		"kv-401":      emu.CountRequests(emulator.RequestFilter{Service: emulator.ServiceKeyVault, Status: http.StatusUnauthorized}),
 		"entra-token": emu.CountRequests(emulator.RequestFilter{Service: emulator.ServiceEntra, Method: http.MethodPost}),
+		// Instance discovery and OpenID configuration.
+		"entra-GET": emu.CountRequests(emulator.RequestFilter{Service: emulator.ServiceEntra, Method: http.MethodGet}),
 	}
 }
 

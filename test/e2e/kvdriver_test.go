@@ -308,6 +308,14 @@ func TestKVDriverWorkloadIdentity(t *testing.T) {
 	require.NoError(t, err)
 	b, _ := readFile(t, req.TargetPath, "db-password")
 	assert.Equal(t, dbPassword2, string(b))
+	// Two round trips to Entra ID for a new identity of the public cloud:
+	// the tenant's OpenID configuration and the token; no instance
+	// discovery.
+	var entra []string
+	for _, r := range e.emu.Requests(emulator.RequestFilter{Service: emulator.ServiceEntra}) {
+		entra = append(entra, r.Method+" "+r.Path)
+	}
+	assert.Equal(t, []string{"GET /" + e2eTenant + "/v2.0/.well-known/openid-configuration", "POST /" + e2eTenant + "/oauth2/v2.0/token"}, entra)
 
 	// Kubernetes 1.35+ passes the token in the request's secrets instead.
 	inSecrets := e.publishRequest(web, "secrets2", "wi", nil, webToken)
