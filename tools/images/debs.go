@@ -35,11 +35,7 @@ var alternatives = map[string]string{
 // it depends on, downloaded (once) into debs with apt-get and unpacked with
 // dpkg-deb: a root filesystem in which pkg's programs run.
 func debianRoot(debs, pkg string) ([]entry, error) {
-	pkgs, err := dependencies(pkg)
-	if err != nil {
-		return nil, err
-	}
-	files, err := download(debs, pkgs)
+	files, err := resolve(debs, pkg)
 	if err != nil {
 		return nil, err
 	}
@@ -54,6 +50,48 @@ func debianRoot(debs, pkg string) ([]entry, error) {
 		}
 	}
 	return walk(root)
+}
+
+// The package lists apt resolves candidate versions from: they change
+// only with apt-get update.
+const aptLists = "/var/lib/apt/lists"
+
+// resolve returns the .deb files of pkg and its dependencies, downloading
+// them when needed. Asking apt takes seconds, so the answer is remembered
+// until the package lists change.
+func resolve(debs, pkg string) ([]string, error) {
+	var memo string
+	if st, err := os.Stat(aptLists); err == nil {
+		memo = filepath.Join(debs, fmt.Sprintf("%s-%d.list", pkg, st.ModTime().UnixNano()))
+		if b, err := os.ReadFile(memo); err == nil {
+			files := strings.Fields(string(b))
+			all := len(files) > 0
+			for _, f := range files {
+				if _, err := os.Stat(f); err != nil {
+					all = false
+				}
+			}
+			if all {
+				return files, nil
+			}
+		}
+	}
+	pkgs, err := dependencies(pkg)
+	if err != nil {
+		return nil, err
+	}
+	files, err := download(debs, pkgs)
+	if err != nil {
+		return nil, err
+	}
+	if memo != "" {
+		old, _ := filepath.Glob(filepath.Join(debs, pkg+"-*.list"))
+		for _, o := range old {
+			os.Remove(o)
+		}
+		_ = os.WriteFile(memo, []byte(strings.Join(files, "\n")+"\n"), 0o644)
+	}
+	return files, nil
 }
 
 // dependencies lists pkg and what it depends on, recursively, as apt
