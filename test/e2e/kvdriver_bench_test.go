@@ -56,7 +56,8 @@ func (d durations) pct(p float64) time.Duration {
 //	warm:      a new pod of an identity already used (the common case)
 //	republish: kubelet's periodic call on a mounted, unchanged volume
 func BenchmarkKVDriverPublish(b *testing.B) {
-	benchmarkPublish(b, startDriverEnv(b), false)
+	// At the chart's log verbosity: the harness's -v 5 logs every call.
+	benchmarkPublish(b, startDriverEnvArgs(b, "--object-cache-ttl", driverCacheTTL.String(), "-v", "2"), false)
 }
 
 // BenchmarkKVDriverPublishUncached is the same with the object cache off:
@@ -67,7 +68,7 @@ func BenchmarkKVDriverPublishUncached(b *testing.B) {
 	// limit (4,000 GETs per 10 s per vault) within seconds: exactly the
 	// throttling users of the upstream driver hit. It is lifted here so that
 	// the benchmark measures latency.
-	benchmarkPublish(b, startDriverEnvArgs(b, "--object-cache-ttl", "0"), true)
+	benchmarkPublish(b, startDriverEnvArgs(b, "--object-cache-ttl", "0", "-v", "2"), true)
 }
 
 func benchmarkPublish(b *testing.B, e *driverEnv, liftThrottle bool) {
