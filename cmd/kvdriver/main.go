@@ -26,6 +26,7 @@ import (
 	"github.com/kvnode/kvnode/pkg/identity"
 	"github.com/kvnode/kvnode/pkg/keyvault"
 	"github.com/kvnode/kvnode/pkg/kvdriver"
+	"github.com/kvnode/kvnode/pkg/pprofserver"
 	"github.com/kvnode/kvnode/pkg/provider"
 	"github.com/kvnode/kvnode/pkg/redact"
 	"github.com/kvnode/kvnode/pkg/secretsync"
@@ -113,6 +114,7 @@ func run(args []string) error {
 	fs.StringVar(&cfg.TokenProxyCAFile, "token-proxy-ca-file", os.Getenv(identity.EnvCAFile),
 		"PEM file of the CA that verifies the token proxy, re-read when it changes; empty uses $"+identity.EnvCAData+" or the system roots (default $"+identity.EnvCAFile+")")
 	cfg.TokenProxyCAData = os.Getenv(identity.EnvCAData)
+	pprofAddr := fs.String("pprof-addr", "", "loopback address:port to serve net/http/pprof's /debug/pprof/ on; empty: off")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	klog.InitFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -135,6 +137,12 @@ func run(args []string) error {
 	if cfg.CacheMaxBytes <= 0 {
 		// 0 would read as "no cache", which is --object-cache-ttl 0's job.
 		return errors.New("--object-cache-max-bytes must be positive (--object-cache-ttl 0 disables the cache)")
+	}
+	if *pprofAddr != "" {
+		var err error
+		if cfg.PprofAddr, err = pprofserver.ParseAddr("--pprof-addr", *pprofAddr); err != nil {
+			return err
+		}
 	}
 	cfg.ProviderDirs, cfg.SyncSecretTypes = dirs.dirs, secretsync.ParseTypes(secretTypes)
 	cfg.Rotation.Disabled = !*enableRotation

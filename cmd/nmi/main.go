@@ -32,6 +32,7 @@ import (
 
 	"github.com/kvnode/kvnode/pkg/interception"
 	"github.com/kvnode/kvnode/pkg/nmi"
+	"github.com/kvnode/kvnode/pkg/pprofserver"
 	"github.com/kvnode/kvnode/pkg/redact"
 	"github.com/kvnode/kvnode/pkg/version"
 )
@@ -97,8 +98,8 @@ func parseFlags(args []string) (nmi.Config, bool, error) {
 		return cfg, false, fmt.Errorf("--host-addr %q: want a loopback address:port", host)
 	}
 	if pprofAddr != "" {
-		if cfg.PprofAddr, err = netip.ParseAddrPort(pprofAddr); err != nil || !cfg.PprofAddr.Addr().IsLoopback() {
-			return cfg, false, fmt.Errorf("--pprof-addr %q: want a loopback address:port", pprofAddr)
+		if cfg.PprofAddr, err = pprofserver.ParseAddr("--pprof-addr", pprofAddr); err != nil {
+			return cfg, false, err
 		}
 	}
 	if podCIDR != "" {

@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -33,6 +34,7 @@ import (
 	"github.com/kvnode/kvnode/pkg/identity"
 	"github.com/kvnode/kvnode/pkg/keyvault"
 	"github.com/kvnode/kvnode/pkg/kube"
+	"github.com/kvnode/kvnode/pkg/pprofserver"
 	"github.com/kvnode/kvnode/pkg/provider"
 	"github.com/kvnode/kvnode/pkg/secretsync"
 	"github.com/kvnode/kvnode/pkg/version"
@@ -74,6 +76,9 @@ type Config struct {
 	SyncSecretTypes []corev1.SecretType
 	// MetricsAddr serves /metrics; empty disables it.
 	MetricsAddr string
+	// PprofAddr serves net/http/pprof's /debug/pprof/ on a loopback
+	// address when valid; the zero value is off.
+	PprofAddr netip.AddrPort
 	// ProviderDirs are searched for the sockets of other stores' provider
 	// plugins; MaxProviderResponse caps a plugin's answer in bytes.
 	ProviderDirs        []string
@@ -89,6 +94,8 @@ type Daemon struct {
 	providers *provider.Clients
 	srv       *csi.Server
 	reg       *prometheus.Registry
+	pprofSrv  *http.Server
+	pprofLn   net.Listener
 }
 
 // New builds kvdriver from cfg and binds its CSI socket; the informer
@@ -132,7 +139,17 @@ func New(cfg Config) (*Daemon, error) {
 		csi.NodeServerOptions{StrictParameters: cfg.StrictParameters, Events: d.events, Secrets: secrets, Metrics: metrics,
 			Providers: d.providers, Rotation: cfg.Rotation})
 	ids := csi.NewIdentityServer(cfg.DriverName, version.Version, d.classes.HasSynced)
+	if cfg.PprofAddr.IsValid() {
+		if d.pprofSrv, d.pprofLn, err = pprofserver.Listen(cfg.PprofAddr); err != nil {
+			d.events.Shutdown()
+			d.providers.Close()
+			return nil, fmt.Errorf("--pprof-addr: %w", err)
+		}
+	}
 	if d.srv, err = csi.Listen(cfg.Endpoint, ids, node); err != nil {
+		if d.pprofLn != nil {
+			d.pprofLn.Close()
+		}
 		d.events.Shutdown()
 		d.providers.Close()
 		return nil, err
@@ -153,6 +170,18 @@ func (d *Daemon) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return srv.Serve(ctx) })
 	g.Go(func() error { statuses.Run(ctx, 2); return nil })
+	if d.pprofSrv != nil {
+		g.Go(func() error {
+			go func() {
+				<-ctx.Done()
+				_ = d.pprofSrv.Close()
+			}()
+			if err := d.pprofSrv.Serve(d.pprofLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		})
+	}
 	if cfg.MetricsAddr != "" {
 		ms, err := metricsServer(cfg.MetricsAddr, reg)
 		if err != nil {

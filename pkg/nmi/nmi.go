@@ -18,7 +18,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"net/http/pprof"
 	"net/netip"
 	"runtime/debug"
 	"time"
@@ -34,6 +33,7 @@ import (
 	"github.com/kvnode/kvnode/pkg/interception"
 	"github.com/kvnode/kvnode/pkg/kube"
 	"github.com/kvnode/kvnode/pkg/podindex"
+	"github.com/kvnode/kvnode/pkg/pprofserver"
 	"github.com/kvnode/kvnode/pkg/tokencache"
 	"github.com/kvnode/kvnode/pkg/tokensource"
 	"github.com/kvnode/kvnode/pkg/version"
@@ -190,7 +190,7 @@ func New(cfg Config) (_ *Daemon, err error) {
 		return nil, err
 	}
 	if cfg.PprofAddr.IsValid() {
-		if d.pprofSrv, d.pprofLn, err = pprofServer(cfg.PprofAddr.String()); err != nil {
+		if d.pprofSrv, d.pprofLn, err = pprofserver.Listen(cfg.PprofAddr); err != nil {
 			return nil, err
 		}
 	}
@@ -297,23 +297,6 @@ func serve(ctx context.Context, hs *http.Server, ln net.Listener) error {
 	defer cancel()
 	_ = hs.Shutdown(sctx)
 	return nil
-}
-
-// pprofServer serves net/http/pprof's handlers on addr, on a mux of its
-// own: nothing else is exposed there.
-func pprofServer(addr string) (*http.Server, net.Listener, error) {
-	mux := http.NewServeMux()
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, nil, err
-	}
-	// No write timeout: a CPU profile answers after its ?seconds=.
-	return &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}, ln, nil
 }
 
 // interceptionConfig is the interception rules' configuration.

@@ -55,7 +55,9 @@ func BenchmarkKVDriverClusterScale(b *testing.B) {
 		fillClasses(b, cp)
 		b.Logf("created %d SecretProviderClasses in %v", memClasses, time.Since(start).Round(time.Millisecond))
 
-		e := startScaleDriver(b, cp, emu, "node-1", time.Minute)
+		pprofAddr := freeLoopbackAddr(b)
+		e := startKVDriver(b, cp, emu, "--nodeid", "node-1", "--object-cache-ttl", "1m", "--rotation-poll-interval", "0s", "-v", "1", "--pprof-addr", pprofAddr)
+		e.waitForClasses(b, scaleNamespace)
 		reqs := e.scaleVolumes(b, "mem", memVolumes)
 		start = time.Now()
 		d, err := e.publishAll(reqs, kubeletParallel)
@@ -67,6 +69,7 @@ func BenchmarkKVDriverClusterScale(b *testing.B) {
 		_, err = e.publishAll(reqs, kubeletParallel)
 		require.NoError(b, err)
 		busy, busyHeap := measure(e)
+		profile := heapProfile(b, pprofAddr)
 		e.unpublishAll(b, reqs)
 
 		fmt.Printf("\nkvdriver with %d volumes mounted and %d SecretProviderClasses in the cluster; ratios to an idle kvdriver on an empty cluster, same run:\n",
@@ -76,6 +79,7 @@ func BenchmarkKVDriverClusterScale(b *testing.B) {
 		fmt.Printf("    file-backed    %8.1f MiB (idle %6.1f MiB): the binary's pages, shared and reclaimable\n", busy.file, empty.file)
 		fmt.Printf("  peak RSS         %8.1f MiB (idle %6.1f MiB, %.2fx)\n", busy.peak, empty.peak, busy.peak/empty.peak)
 		fmt.Printf("  heap in use      %8.1f MiB (idle %6.1f MiB)\n", busyHeap, emptyHeap)
+		fmt.Printf("kvdriver's live heap after a GC:\n%s", profile)
 		b.ReportMetric(busy.rss, "rss-MiB")
 		b.ReportMetric(busy.anon, "anon-rss-MiB")
 		b.ReportMetric(busy.peak, "peak-rss-MiB")

@@ -85,7 +85,9 @@ func BenchmarkNMIClusterScale(b *testing.B) {
 		f.heap = nmi.metric(b, "go_memstats_heap_inuse_bytes") / (1 << 20)
 		profile := heapProfile(b, pprofAddr)
 		nmi.stop(b)
-		b.Logf("%s: ready after %v, read %d bytes until ready and %d in the %v after, RSS %.1f MiB (anonymous %.1f, file-backed %.1f; peak %.1f), heap in use %.1f MiB; live heap after a GC:\n%s",
+		// On stdout: the framework keeps only the first lines of a
+		// benchmark's log.
+		fmt.Printf("\n%s: ready after %v, read %d bytes until ready and %d in the %v after, RSS %.1f MiB (anonymous %.1f, file-backed %.1f; peak %.1f), heap in use %.1f MiB; live heap after a GC:\n%s",
 			label, f.ready.Round(time.Millisecond), f.listed, f.watched, scaleSettle, f.mem.rss, f.mem.anon, f.mem.file, f.mem.peak, f.heap, profile)
 		return f
 	}
@@ -286,8 +288,8 @@ func (c countingWriter) Write(b []byte) (int, error) {
 	return n, err
 }
 
-// heapProfile forces a GC in nmi (pprof's gc=1) and returns the top of its
-// live heap by bytes.
+// heapProfile forces a GC in the daemon serving pprof at pprofAddr
+// (pprof's gc=1) and returns the top of its live heap by bytes.
 func heapProfile(t testing.TB, pprofAddr string) string {
 	t.Helper()
 	c := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}
@@ -297,7 +299,7 @@ func heapProfile(t testing.TB, pprofAddr string) string {
 	data, err := io.ReadAll(resp.Body)
 	require.NoError(t, err)
 	require.Equal(t, http.StatusOK, resp.StatusCode, "%s", data)
-	file := filepath.Join(t.TempDir(), "nmi.heap.pprof")
+	file := filepath.Join(t.TempDir(), "heap.pprof")
 	require.NoError(t, os.WriteFile(file, data, 0o600))
 	out, err := exec.Command("go", "tool", "pprof", "-top", "-sample_index=inuse_space", "-nodecount", "25", file).CombinedOutput()
 	require.NoError(t, err, "go tool pprof: %s", out)
