@@ -139,20 +139,22 @@ func New(cfg Config) (*Daemon, error) {
 		csi.NodeServerOptions{StrictParameters: cfg.StrictParameters, Events: d.events, Secrets: secrets, Metrics: metrics,
 			Providers: d.providers, Rotation: cfg.Rotation})
 	ids := csi.NewIdentityServer(cfg.DriverName, version.Version, d.classes.HasSynced)
-	if cfg.PprofAddr.IsValid() {
-		if d.pprofSrv, d.pprofLn, err = pprofserver.Listen(cfg.PprofAddr); err != nil {
-			d.events.Shutdown()
-			d.providers.Close()
-			return nil, fmt.Errorf("--pprof-addr: %w", err)
-		}
-	}
-	if d.srv, err = csi.Listen(cfg.Endpoint, ids, node); err != nil {
+	// What New has started is stopped again if a listener cannot bind.
+	fail := func(err error) (*Daemon, error) {
 		if d.pprofLn != nil {
 			d.pprofLn.Close()
 		}
 		d.events.Shutdown()
 		d.providers.Close()
 		return nil, err
+	}
+	if cfg.PprofAddr.IsValid() {
+		if d.pprofSrv, d.pprofLn, err = pprofserver.Listen(cfg.PprofAddr); err != nil {
+			return fail(fmt.Errorf("--pprof-addr: %w", err))
+		}
+	}
+	if d.srv, err = csi.Listen(cfg.Endpoint, ids, node); err != nil {
+		return fail(err)
 	}
 	return d, nil
 }

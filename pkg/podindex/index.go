@@ -75,7 +75,7 @@ type Index struct {
 	node     string
 	links    Links // nil: claims are not tied to interfaces
 	informer cache.SharedIndexInformer
-	done     chan struct{} // closed when the informer's Run returns
+	wait     func() // waits for the informer to return after Start
 	synced   cache.ResourceEventHandlerRegistration
 
 	mu sync.RWMutex
@@ -165,18 +165,14 @@ func newIndex() *Index {
 
 // Start runs the informer until ctx ends. It does not block.
 func (ix *Index) Start(ctx context.Context) {
-	ix.done = make(chan struct{})
-	go func() {
-		defer close(ix.done)
-		ix.informer.RunWithContext(ctx)
-	}()
+	ix.wait = kube.Run(ctx, ix.informer)
 }
 
 // Shutdown waits for the informer's goroutines to end after Start's context
 // has ended.
 func (ix *Index) Shutdown() {
-	if ix.done != nil {
-		<-ix.done
+	if ix.wait != nil {
+		ix.wait()
 	}
 }
 
