@@ -27,17 +27,11 @@ if [[ -n "${KVNODE_NODE_BINS:-}" ]] && have_all "$KVNODE_NODE_BINS"; then
 	exit 0
 fi
 
-kube_version=$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" {print $3}' "$root/tools/kube/go.mod")
+# shellcheck source=hack/kube-version.sh
+. "$root/hack/kube-version.sh"
 cache=${KVNODE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kvnode}
 dir="$cache/node/kube-$kube_version"
 mkdir -p "$dir"
-
-# Stamp the version a source build leaves as v0.0.0-master, so that the Node
-# reports kubelet's real version (link-time only: no package is recompiled).
-pkg=k8s.io/component-base/version
-major=${kube_version#v}
-minor=${major#*.}
-ldflags="-X $pkg.gitVersion=$kube_version -X $pkg.gitMajor=${major%%.*} -X $pkg.gitMinor=${minor%%.*} -X $pkg.gitTreeState=clean"
 
 # shellcheck source=hack/progress.sh
 . "$root/hack/progress.sh"
@@ -49,7 +43,7 @@ for b in "${bins[@]}"; do
 	out="$dir/$b"
 	[[ -x "$out" ]] && continue
 	echo "building $b $kube_version from the Go module proxy: first time only, cached in $dir" >&2
-	(cd "$root/tools/kube" && with_progress "$b" env CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$out.tmp" "k8s.io/kubernetes/cmd/$b") >&2
+	(cd "$root/tools/kube" && with_progress "$b" env CGO_ENABLED=0 go build -trimpath -ldflags "$(kube_ldflags)" -o "$out.tmp" "k8s.io/kubernetes/cmd/$b") >&2
 	mv "$out.tmp" "$out"
 done
 echo "$dir"
