@@ -10,6 +10,8 @@
 //	KEYVAULT_URL   the vault, such as https://myvault.vault.azure.net/
 //	SECRET_NAME    the secret to read from it (with KEYVAULT_URL)
 //	SECRET_FILE    a file to read, such as a secret kvdriver mounted
+//	SECRET_ENV     an environment variable to read, such as one a pod
+//	               takes from a Secret kvdriver synced
 //	CREDENTIAL     "managed-identity" (default) or "default"
 //	INTERVAL       read again every INTERVAL (a Go duration) until SIGTERM;
 //	               empty: read once and exit, non-zero on failure
@@ -19,6 +21,7 @@
 //
 //	secret <name> version <version>: <n> bytes sha256 <hex>
 //	file <path>: <n> bytes sha256 <hex>
+//	env <name>: <n> bytes sha256 <hex>
 package main
 
 import (
@@ -43,6 +46,7 @@ type Config struct {
 	VaultURL   string
 	SecretName string
 	SecretFile string
+	SecretEnv  string
 	Credential string
 	Interval   time.Duration
 }
@@ -85,6 +89,7 @@ func configFromEnv(getenv func(string) string) (Config, error) {
 		VaultURL:   getenv("KEYVAULT_URL"),
 		SecretName: getenv("SECRET_NAME"),
 		SecretFile: getenv("SECRET_FILE"),
+		SecretEnv:  getenv("SECRET_ENV"),
 		Credential: getenv("CREDENTIAL"),
 	}
 	if cfg.Credential == "" {
@@ -96,8 +101,8 @@ func configFromEnv(getenv func(string) string) (Config, error) {
 	if (cfg.VaultURL == "") != (cfg.SecretName == "") {
 		return cfg, errors.New("KEYVAULT_URL and SECRET_NAME go together")
 	}
-	if cfg.SecretName == "" && cfg.SecretFile == "" {
-		return cfg, errors.New("nothing to read: set KEYVAULT_URL and SECRET_NAME, or SECRET_FILE")
+	if cfg.SecretName == "" && cfg.SecretFile == "" && cfg.SecretEnv == "" {
+		return cfg, errors.New("nothing to read: set KEYVAULT_URL and SECRET_NAME, SECRET_FILE or SECRET_ENV")
 	}
 	if s := getenv("INTERVAL"); s != "" {
 		d, err := time.ParseDuration(s)
@@ -161,6 +166,13 @@ func (r *reader) readAll(ctx context.Context) error {
 			errs = append(errs, err)
 		} else {
 			fmt.Printf("file %s: %s\n", path.Clean(r.cfg.SecretFile), digest(b))
+		}
+	}
+	if name := r.cfg.SecretEnv; name != "" {
+		if v, ok := os.LookupEnv(name); ok {
+			fmt.Printf("env %s: %s\n", name, digest([]byte(v)))
+		} else {
+			errs = append(errs, fmt.Errorf("env %s is not set", name))
 		}
 	}
 	return errors.Join(errs...)

@@ -18,6 +18,7 @@ func TestConfigFromEnv(t *testing.T) {
 		wantErr string
 	}{
 		{"file only", map[string]string{"SECRET_FILE": "/mnt/secrets/a"}, ""},
+		{"env only", map[string]string{"SECRET_ENV": "DB_PASSWORD"}, ""},
 		{"secret", map[string]string{"KEYVAULT_URL": "https://v.vault.azure.net/", "SECRET_NAME": "a", "CREDENTIAL": "default", "INTERVAL": "10s"}, ""},
 		{"nothing", map[string]string{}, "nothing to read"},
 		{"vault without secret", map[string]string{"KEYVAULT_URL": "https://v.vault.azure.net/"}, "go together"},
@@ -53,6 +54,18 @@ func TestAppPrintsDigestNotValue(t *testing.T) {
 	// sha256sum of "planted-secret-value"
 	assert.Equal(t, "file "+secret+": 20 bytes sha256 da6c2195916f072b2dc510f8c430913536c26e249f22a426120e541ebf7b2a6b\n", string(got))
 	assert.NotContains(t, string(got), "planted-secret-value")
+
+	cmd = exec.Command(bin)
+	cmd.Env = append(os.Environ(), "SECRET_ENV=DB_PASSWORD", "DB_PASSWORD=planted-secret-value")
+	got, err = cmd.CombinedOutput()
+	require.NoError(t, err, "%s", got)
+	assert.Equal(t, "env DB_PASSWORD: 20 bytes sha256 da6c2195916f072b2dc510f8c430913536c26e249f22a426120e541ebf7b2a6b\n", string(got))
+
+	cmd = exec.Command(bin)
+	cmd.Env = append(os.Environ(), "SECRET_ENV=DB_PASSWORD_UNSET")
+	got, err = cmd.CombinedOutput()
+	assert.Error(t, err, "a variable that is not set fails a single read")
+	assert.Contains(t, string(got), "env DB_PASSWORD_UNSET is not set")
 
 	cmd = exec.Command(bin)
 	cmd.Env = append(os.Environ(), "SECRET_FILE="+filepath.Join(dir, "missing"))
