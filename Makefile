@@ -38,19 +38,25 @@ controlplane: ## Build (once, cached) etcd, kube-apiserver and helm for the test
 # The test binaries the control plane and chart tests use, built and cached
 # outside the repository by the hack/ scripts.
 TEST_ENV = KUBEBUILDER_ASSETS=$$(hack/controlplane-bins.sh) KVNODE_HELM=$$(hack/helm-bin.sh)
+# ... and the test cluster's node binaries and images.
+CLUSTER_ENV = KVNODE_NODE_BINS=$$(hack/node-bins.sh) KVNODE_IMAGES=$$(hack/images.sh)
 
 .PHONY: build
 build: ## Build the binaries into bin/.
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/kvdriver ./cmd/nmi ./test/emulator/cmd/azure-emulator
 
 .PHONY: test
-test: deps controlplane images ## Run every test: unit, emulator SDK tests, images, control-plane e2e (root).
-	$(TEST_ENV) KVNODE_IMAGES=$$(hack/images.sh) $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
+test: deps controlplane images node-bins ## Run every test: unit, emulator SDK tests, images, control-plane e2e, the chart on a real cluster (root).
+	$(TEST_ENV) $(CLUSTER_ENV) $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
 	cd tools/images && $(GO) test -race -count=1 ./...
 
 .PHONY: e2e
 e2e: deps controlplane ## Run only the end-to-end tests.
 	$(TEST_ENV) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v ./test/e2e/...
+
+.PHONY: cluster
+cluster: deps controlplane images node-bins ## Run only the real-cluster tests: the chart installed with helm on a single-node cluster, workloads, report (root).
+	$(TEST_ENV) $(CLUSTER_ENV) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v ./test/cluster/...
 
 .PHONY: bench
 bench: deps controlplane ## Run the benchmarks with allocation counts, and the load tests (root); BENCH=pattern BENCH_PKGS=packages for a subset.

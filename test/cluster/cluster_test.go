@@ -3,8 +3,6 @@ package cluster_test
 import (
 	"context"
 	"os"
-	"os/exec"
-	"strings"
 	"testing"
 	"time"
 
@@ -15,12 +13,17 @@ import (
 	"github.com/kvnode/kvnode/test/images"
 )
 
-// TestNodeRunsImagesAndLeavesNothing starts a node, runs the test app's
-// image in it under runc, and checks that stopping the node leaves no
-// process, mount, cgroup, network namespace or /run/containerd behind.
+func TestMain(m *testing.M) {
+	// nmi, for the chart's documented clean-up of a node after uninstall.
+	cluster.Main(m, "github.com/kvnode/kvnode/cmd/nmi")
+}
+
+// TestNodeRunsImagesAndLeavesNothing starts a node with containerd only,
+// runs the test app's image in it under runc, and checks that stopping the
+// node leaves no process, mount, cgroup or directory behind.
 func TestNodeRunsImagesAndLeavesNothing(t *testing.T) {
 	set := images.LoadT(t)
-	_, runBefore := os.Stat("/run/containerd")
+	before := nodeBefore()
 	n := cluster.StartT(t, cluster.Options{Images: set})
 
 	got, err := n.Containerd.Images(context.Background())
@@ -41,21 +44,46 @@ func TestNodeRunsImagesAndLeavesNothing(t *testing.T) {
 	require.NoError(t, err)
 
 	require.NoError(t, n.Stop())
-	assert.Empty(t, cluster.Processes(n.Containerd.Socket), "no containerd or shim is left")
-	mounts, err := os.ReadFile("/proc/self/mountinfo")
-	require.NoError(t, err)
-	assert.NotContains(t, string(mounts), n.Containerd.Dir, "no mount is left")
-	_, err = os.Stat(n.NetNS)
-	assert.ErrorIs(t, err, os.ErrNotExist, "the network namespace is gone")
-	netns, err := exec.Command("ip", "netns", "list").CombinedOutput()
-	require.NoError(t, err)
-	assert.NotContains(t, string(netns), strings.TrimPrefix(n.NetNS, "/run/netns/"))
-	if os.IsNotExist(runBefore) {
-		_, err = os.Stat("/run/containerd")
-		assert.ErrorIs(t, err, os.ErrNotExist, "/run/containerd, made for the node, is gone")
-	}
+	assertNodeGone(t, n, before)
 	for _, ctrl := range []string{"memory", "pids", "cpu", "unified"} {
 		_, err := os.Stat("/sys/fs/cgroup/" + ctrl + "/k8s.io/left-running")
 		assert.ErrorIs(t, err, os.ErrNotExist, "the container's %s cgroup is gone", ctrl)
+	}
+}
+
+// existing reports which of paths exist.
+func existing(paths []string) map[string]bool {
+	m := map[string]bool{}
+	for _, p := range paths {
+		_, err := os.Lstat(p)
+		m[p] = err == nil
+	}
+	return m
+}
+
+// machinePaths are where Kubernetes components write by default; the node
+// configures each elsewhere, and none may appear on the machine.
+var machinePaths = []string{
+	"/usr/libexec/kubernetes", "/run/kubernetes", "/etc/kubernetes", "/etc/cni", "/opt/cni",
+	"/var/lib/containerd", "/var/lib/kubelet", "/var/log/pods", "/var/log/containers", "/run/containerd",
+	"/run/secrets-store-csi-providers",
+}
+
+// nodeBefore records which of the node's and the machine's default paths
+// exist before a node starts.
+func nodeBefore() map[string]bool { return existing(append(cluster.NodePaths(), machinePaths...)) }
+
+// assertNodeGone checks that a stopped node left no containerd, shim,
+// mount or directory behind (before is nodeBefore's).
+func assertNodeGone(t *testing.T, n *cluster.Node, before map[string]bool) {
+	t.Helper()
+	assert.Empty(t, cluster.Processes(n.Containerd.Socket), "no containerd or shim is left")
+	assert.Empty(t, cluster.Mounts(n.Dir), "no mount is left under the node's directory")
+	for p, existed := range before {
+		assert.Empty(t, cluster.Mounts(p), "nothing is mounted on %s", p)
+		if !existed {
+			_, err := os.Lstat(p)
+			assert.ErrorIs(t, err, os.ErrNotExist, "%s, which was not there before the node, is not there after it", p)
+		}
 	}
 }

@@ -42,6 +42,12 @@ type Options struct {
 	// NetNS, when set, is a network namespace (a path such as
 	// /run/netns/NAME) containerd runs in.
 	NetNS string
+	// InCallerNamespaces runs containerd in the caller's mount and network
+	// namespaces, which the caller keeps private to its test (as
+	// test/cluster's node does, so that kubelet and containerd see the same
+	// mounts) and where the caller has mounted a tmpfs over /run/containerd.
+	// containerd then gets no mount namespace of its own.
+	InCallerNamespaces bool
 }
 
 // Containerd is a running containerd.
@@ -144,8 +150,9 @@ func Start(dir string, opts Options) (*Containerd, error) {
 	}
 	// The shims put their sockets under /run/containerd whatever the
 	// config says; a tmpfs there, inside the mount namespace, keeps them
-	// private. The mount point must exist on the machine.
-	if _, err := os.Stat("/run/containerd"); errors.Is(err, os.ErrNotExist) {
+	// private. The mount point must exist on the machine (a caller's
+	// private namespace has that tmpfs already).
+	if _, err := os.Stat("/run/containerd"); !opts.InCallerNamespaces && errors.Is(err, os.ErrNotExist) {
 		if err := os.Mkdir("/run/containerd", 0o711); err != nil {
 			return nil, err
 		}
@@ -159,7 +166,9 @@ func Start(dir string, opts Options) (*Containerd, error) {
 	script := `mount -t tmpfs -o mode=0711 tmpfs /run/containerd && exec containerd --config "$1"`
 	args := []string{"--mount", "--propagation", "slave", "sh", "-c", script, "containerd", cfgPath}
 	name := "unshare"
-	if opts.NetNS != "" {
+	if opts.InCallerNamespaces {
+		name, args = "containerd", []string{"--config", cfgPath}
+	} else if opts.NetNS != "" {
 		args = append([]string{"--net=" + opts.NetNS, "unshare"}, args...)
 		name = "nsenter"
 	}

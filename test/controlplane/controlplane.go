@@ -9,14 +9,13 @@
 package controlplane
 
 import (
+	"cmp"
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -30,6 +29,8 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	"github.com/kvnode/kvnode/test/pinned"
 )
 
 // ControlPlane is a running etcd + kube-apiserver.
@@ -46,11 +47,29 @@ type ControlPlane struct {
 	Issuer string
 }
 
+// CertDir holds kube-apiserver's serving certificate, the client CA
+// (client-cert-auth-ca.crt) and the service-account signing key pair
+// (sa-signer.key, sa-signer.crt), for the controllers that need them.
+func (cp *ControlPlane) CertDir() string { return cp.certDir }
+
 // Options tune Start and New.
 type Options struct {
 	// CRDDirectoryPaths are directories or files of CustomResourceDefinitions
 	// to install before Start returns.
 	CRDDirectoryPaths []string
+	// SecurePort, when set, is kube-apiserver's port instead of a free
+	// one, on SecureAddress (an IP already on a local interface; default
+	// 127.0.0.1), which its serving certificate then names.
+	SecurePort    int
+	SecureAddress string
+	// ServiceAccountAdmission turns on the ServiceAccount admission plugin,
+	// which envtest turns off: pods then get their ServiceAccount's token
+	// volume, as on any cluster. Their namespaces' ServiceAccounts must then
+	// exist (kube-controller-manager creates the default ones).
+	ServiceAccountAdmission bool
+	// APIServerArgs are more kube-apiserver flags (name without dashes ->
+	// values), set over envtest's.
+	APIServerArgs map[string][]string
 }
 
 // Start starts a control plane and stops it when the test ends.
@@ -71,7 +90,7 @@ func Start(t testing.TB, opts Options) *ControlPlane {
 // New starts a control plane, for programs that are not tests. The caller
 // must Stop it.
 func New(opts Options) (*ControlPlane, error) {
-	assets, err := binaryAssets()
+	assets, err := pinned.ControlPlane.Path()
 	if err != nil {
 		return nil, fmt.Errorf("control plane binaries: %w", err)
 	}
@@ -89,6 +108,17 @@ func New(opts Options) (*ControlPlane, error) {
 	args := apiserver.Configure()
 	args.Set("advertise-address", "127.0.0.1")
 	args.Set("endpoint-reconciler-type", "none")
+	if opts.ServiceAccountAdmission {
+		args.Disable("disable-admission-plugins")
+	}
+	for name, values := range opts.APIServerArgs {
+		args.Set(name, values...)
+	}
+	if opts.SecurePort != 0 {
+		// envtest keeps an address and port that are both set.
+		apiserver.SecureServing.Address = cmp.Or(opts.SecureAddress, "127.0.0.1")
+		apiserver.SecureServing.Port = strconv.Itoa(opts.SecurePort)
+	}
 	// A directory of our own, which envtest keeps when kube-apiserver
 	// stops (it removes one it made): a restarted kube-apiserver serves
 	// the same certificate and accepts the service-account tokens issued
@@ -158,27 +188,6 @@ func (cp *ControlPlane) StartAPIServer() error {
 		return fmt.Errorf("restart kube-apiserver: %w", err)
 	}
 	return nil
-}
-
-// binaryAssets returns the directory holding etcd and kube-apiserver.
-func binaryAssets() (string, error) {
-	if dir := os.Getenv("KUBEBUILDER_ASSETS"); dir != "" {
-		return dir, nil
-	}
-	_, file, _, ok := runtime.Caller(0)
-	if !ok {
-		return "", errors.New("cannot locate the repository")
-	}
-	script := filepath.Join(filepath.Dir(file), "..", "..", "hack", "controlplane-bins.sh")
-	out, err := exec.Command(script).Output()
-	if err != nil {
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			return "", fmt.Errorf("%s: %w: %s", script, err, ee.Stderr)
-		}
-		return "", fmt.Errorf("%s: %w", script, err)
-	}
-	return strings.TrimSpace(string(out)), nil
 }
 
 // CreateServiceAccount creates a namespace (if missing) and a ServiceAccount

@@ -29,6 +29,7 @@ import (
 	"github.com/kvnode/kvnode/test/emulator"
 	"github.com/kvnode/kvnode/test/kubelet"
 	"github.com/kvnode/kvnode/test/netns"
+	"github.com/kvnode/kvnode/test/pinned"
 )
 
 const (
@@ -115,7 +116,7 @@ func runInside() error {
 		start = time.Now()
 	}
 	d := &demo{out: os.Stdout, start: start, root: root,
-		dir: os.Getenv(envDir), bin: os.Getenv(envKVDriver), helm: os.Getenv(envHelm),
+		dir: os.Getenv(envDir), bin: os.Getenv(envKVDriver), helm: os.Getenv(pinned.Helm.Env),
 		nmiBin: os.Getenv(envNMI), sdkClient: os.Getenv(envSDKClient)}
 	if d.dir == "" || d.bin == "" || d.nmiBin == "" || d.sdkClient == "" {
 		return fmt.Errorf("%s, %s, %s and %s are not set; run the demo with go run ./test/demo", envDir, envKVDriver, envNMI, envSDKClient)

@@ -15,6 +15,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"k8s.io/mount-utils"
+
+	"github.com/kvnode/kvnode/test/pinned"
 )
 
 // buildDemo builds the demo program into a directory anyone may read, so
@@ -36,7 +38,7 @@ func TestDemoRunsToCompletion(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("skipped: the demo needs root (tmpfs mounts, network namespaces)")
 	}
-	if os.Getenv(envAssets) == "" {
+	if os.Getenv(pinned.ControlPlane.Env) == "" {
 		t.Skip("skipped: KUBEBUILDER_ASSETS is not set; make test sets it to the control-plane binaries")
 	}
 	bin := buildDemo(t)

@@ -43,10 +43,6 @@ const (
 	// envStart is when the outer process started (RFC 3339), for the times
 	// the demo prints.
 	envStart = "KVNODE_DEMO_START"
-	// envHelm is the Helm binary, as make sets it.
-	envHelm = "KVNODE_HELM"
-	// envAssets is the directory with etcd and kube-apiserver, as make sets it.
-	envAssets = "KUBEBUILDER_ASSETS"
 )
 
 // exitStatus is the status of a demo process that already said why it failed.

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kvnode/kvnode/test/netns"
+	"github.com/kvnode/kvnode/test/pinned"
 )
 
 // modulePath is the module the demo belongs to; its go.mod marks the
@@ -40,11 +41,11 @@ func runOutside() error {
 	if err != nil {
 		return err
 	}
-	assets, err := toolPath(root, envAssets, "hack/controlplane-bins.sh")
+	assets, err := pinned.ControlPlane.PathIn(root)
 	if err != nil {
 		return err
 	}
-	helm, err := toolPath(root, envHelm, "hack/helm-bin.sh")
+	helm, err := pinned.Helm.PathIn(root)
 	if err != nil {
 		return err
 	}
@@ -82,7 +83,7 @@ func runOutside() error {
 	cmd, err := netns.Command([]string{
 		envInside + "=1", envStart + "=" + start.Format(time.RFC3339Nano), envDir + "=" + dir, envKVDriver + "=" + filepath.Join(bin, "kvdriver"),
 		envNMI + "=" + filepath.Join(bin, "nmi"), envSDKClient + "=" + filepath.Join(bin, "sdkclient"),
-		envAssets + "=" + assets, envHelm + "=" + helm, "TMPDIR=" + tmp,
+		pinned.ControlPlane.Env + "=" + assets, pinned.Helm.Env + "=" + helm, "TMPDIR=" + tmp,
 	})
 	if err != nil {
 		return err
@@ -157,21 +158,6 @@ func modFilePath(gomod []byte) string {
 		}
 	}
 	return ""
-}
-
-// toolPath returns $env or, when it is unset, what the hack/ script prints
-// (the script builds the tool the first time, which needs the network).
-func toolPath(root, env, script string) (string, error) {
-	if p := os.Getenv(env); p != "" {
-		return p, nil
-	}
-	cmd := exec.Command(filepath.Join(root, script))
-	cmd.Stderr = os.Stderr
-	out, err := cmd.Output()
-	if err != nil {
-		return "", fmt.Errorf("%s (or set %s): %w", script, env, err)
-	}
-	return strings.TrimSpace(string(out)), nil
 }
 
 // removeDemoDir detaches any mount left below dir and deletes any pod

@@ -25,6 +25,7 @@ import (
 	"k8s.io/client-go/restmapper"
 
 	"github.com/kvnode/kvnode/test/controlplane"
+	"github.com/kvnode/kvnode/test/pinned"
 	"github.com/kvnode/kvnode/test/testenv"
 )
 
@@ -38,12 +39,9 @@ var chartDir = filepath.Join("..", "..", "charts", "kvnode")
 // cached build of hack/helm-bin.sh.
 func helmBinary(t testing.TB) string {
 	t.Helper()
-	if p := os.Getenv("KVNODE_HELM"); p != "" {
-		return p
-	}
-	out, err := exec.Command(filepath.Join("..", "..", "hack", "helm-bin.sh")).Output()
-	require.NoError(t, err, "helm: run `make test` (it builds the pinned Helm first) or set KVNODE_HELM")
-	return strings.TrimSpace(string(out))
+	p, err := pinned.Helm.Path()
+	require.NoError(t, err, "helm")
+	return p
 }
 
 // helmCommand is the pinned Helm CLI with args, its cache, configuration

@@ -24,6 +24,17 @@ import (
 // one plus env; it shares the caller's stdin, stdout and stderr, and it is
 // killed if the caller dies.
 func Command(env []string) (*exec.Cmd, error) {
+	return command(env, syscall.CLONE_NEWNET)
+}
+
+// NodeCommand is Command with a new mount namespace as well, for a test
+// that plays a whole node: what it mounts stays in that namespace and goes
+// with it. The new process must call PrivateMounts first.
+func NodeCommand(env []string) (*exec.Cmd, error) {
+	return command(env, syscall.CLONE_NEWNET|syscall.CLONE_NEWNS)
+}
+
+func command(env []string, cloneflags uintptr) (*exec.Cmd, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("locate the running executable: %w", err)
@@ -31,7 +42,7 @@ func Command(env []string) (*exec.Cmd, error) {
 	cmd := exec.Command(self, os.Args[1:]...)
 	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET, Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: cloneflags, Pdeathsig: syscall.SIGKILL}
 	return cmd, nil
 }
 
@@ -43,6 +54,19 @@ func Reexec(env []string) (exitCode int, err error) {
 	if err != nil {
 		return 0, err
 	}
+	return run(cmd)
+}
+
+// ReexecNode is Reexec with NodeCommand.
+func ReexecNode(env []string) (exitCode int, err error) {
+	cmd, err := NodeCommand(env)
+	if err != nil {
+		return 0, err
+	}
+	return run(cmd)
+}
+
+func run(cmd *exec.Cmd) (exitCode int, err error) {
 	if err := cmd.Run(); err != nil {
 		var ee *exec.ExitError
 		if errors.As(err, &ee) {
@@ -51,6 +75,16 @@ func Reexec(env []string) (exitCode int, err error) {
 		return 0, err
 	}
 	return 0, nil
+}
+
+// PrivateMounts makes every mount of the calling process's (new) mount
+// namespace a slave of the machine's: mounts made on the machine still
+// appear inside, and mounts made inside never propagate out.
+func PrivateMounts() error {
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_SLAVE, ""); err != nil {
+		return fmt.Errorf("make / a recursive slave mount: %w", err)
+	}
+	return nil
 }
 
 // LoopbackUp sets the IFF_UP flag on lo in the calling process's network

@@ -37,10 +37,29 @@ const (
 // with its status. Without root it runs the tests in place, and the tests
 // that need isolation skip with the reason. Binary finds the built programs.
 func Main(m *testing.M, programs ...string) {
+	main(m, false, programs)
+}
+
+// NodeMain is Main for tests that play a whole node (test/cluster): the
+// test binary runs in a new mount namespace too, whose mounts are slaves of
+// the machine's, so that what the node mounts (kubelet's and containerd's
+// directories, pod volumes, container root filesystems) never shows on the
+// machine and goes when the tests end.
+func NodeMain(m *testing.M, programs ...string) {
+	main(m, true, programs)
+}
+
+func main(m *testing.M, node bool, programs []string) {
 	if os.Getenv(envInNetns) == "1" {
 		if err := netns.LoopbackUp(); err != nil {
 			fmt.Fprintf(os.Stderr, "testenv: bring up loopback in the private network namespace: %v\n", err)
 			os.Exit(2)
+		}
+		if node {
+			if err := netns.PrivateMounts(); err != nil {
+				fmt.Fprintf(os.Stderr, "testenv: %v\n", err)
+				os.Exit(2)
+			}
 		}
 		os.Exit(m.Run())
 	}
@@ -59,7 +78,7 @@ func Main(m *testing.M, programs ...string) {
 		fmt.Fprintf(os.Stderr, "testenv: %v\n", err)
 		os.Exit(2)
 	}
-	code := reexecInNetns(env)
+	code := reexecInNetns(env, node)
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
@@ -117,8 +136,12 @@ func buildPrograms(dir string, programs []string) ([]string, error) {
 
 // reexecInNetns runs the test binary again in a private network namespace
 // and returns its exit status.
-func reexecInNetns(env []string) int {
-	code, err := netns.Reexec(append([]string{envInNetns + "=1"}, env...))
+func reexecInNetns(env []string, node bool) int {
+	reexec := netns.Reexec
+	if node {
+		reexec = netns.ReexecNode
+	}
+	code, err := reexec(append([]string{envInNetns + "=1"}, env...))
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "testenv: run tests in a private network namespace: %v\n", err)
 		return 2
