@@ -29,6 +29,7 @@ import (
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/yaml"
 
 	"github.com/kvnode/kvnode/test/cluster"
@@ -428,6 +429,12 @@ spec:
 // testMount checks the web Deployment: every replica Running, the volume's
 // files the vault's objects, the synced Secret in the environment.
 func testMount(ctx context.Context, t *testing.T, client kubernetes.Interface, emu *emulator.Emulator) {
+	// On Kubernetes 1.35+ kubelet passes the pods' tokens only in the
+	// request's secrets, so the workload-identity mounts below prove that
+	// kvdriver reads them there.
+	drv, err := client.StorageV1().CSIDrivers().Get(ctx, "secrets-store.csi.k8s.io", metav1.GetOptions{})
+	require.NoError(t, err)
+	assert.Equal(t, ptr.To(true), drv.Spec.ServiceAccountTokenInSecrets, "the chart's CSIDriver on a Kubernetes 1.35+ node")
 	eventually(ctx, t, 3*time.Minute, "the web replicas run", func() (bool, string) {
 		pods := listPods(ctx, t, client, "app=web")
 		running := 0

@@ -43,9 +43,8 @@ import (
 //     for a repeat, patch (client-go's event recorder, pkg/csi/events.go);
 //     Secret sync's server-side apply (a patch, which creates the Secret
 //     the first time) and its strategic merge patch of owner references
-//     (pkg/secretsync/syncer.go). kvdriver asks no TokenRequest: kubelet puts
-//     the pod's tokens in the volume context (the CSIDriver's
-//     tokenRequests).
+//     (pkg/secretsync/syncer.go). kvdriver asks no TokenRequest: kubelet hands
+//     it the pod's tokens with each mount (the CSIDriver's tokenRequests).
 //   - nmi: the pod informer's list and watch, field-selected by node
 //     (pkg/podindex); the ServiceAccount reflector's list and watch
 //     (pkg/bindings/serviceaccounts.go); the AzureIdentity and

@@ -382,6 +382,36 @@ func checkNMI(t *testing.T, byKind map[string]*unstructured.Unstructured, wantAr
 	require.Contains(t, byKind, "ServiceAccount/kvnode-nmi")
 }
 
+// TestChartTokensInSecrets: from Kubernetes 1.35 the CSIDriver asks
+// kubelet for the pods' service-account tokens in the request's secrets
+// (kept out of the volume context, which CSI tooling logs); on older
+// clusters the field does not exist and is left out.
+func TestChartTokensInSecrets(t *testing.T) {
+	for _, tc := range []struct {
+		kube string
+		want any
+	}{
+		{"1.30.0", nil},
+		{"1.34.9", nil},
+		{"1.35.0", true},
+		{"1.37.2", true},
+	} {
+		t.Run(tc.kube, func(t *testing.T) {
+			out, stderr, err := helmTemplate(t, chartNamespace, "--kube-version", tc.kube)
+			require.NoError(t, err, "helm template: %s", stderr)
+			drv := kinds(decodeObjects(t, out))["CSIDriver/secrets-store.csi.k8s.io"]
+			require.NotNil(t, drv)
+			got, found, err := unstructured.NestedFieldNoCopy(drv.Object, "spec", "serviceAccountTokenInSecrets")
+			require.NoError(t, err)
+			if tc.want == nil {
+				assert.False(t, found, "serviceAccountTokenInSecrets on Kubernetes %s", tc.kube)
+				return
+			}
+			assert.Equal(t, tc.want, got)
+		})
+	}
+}
+
 // TestChartMountsExtraFiles: a cluster on Azure Stack mounts its Azure
 // environment file into kvdriver (cloudEnvFileName names a path in
 // kvdriver's filesystem), as upstream's users add linux.volumes.
