@@ -151,6 +151,11 @@ type Options struct {
 // it was and changed is false. An error with changed == true means the new
 // payload is published but cleanup failed; the next Write finishes it.
 func Write(dir string, payload map[string]File, opts Options) (changed bool, err error) {
+	return writeWith(dir, payload, opts, nil)
+}
+
+// writeWith is Write, with w's snapshots when w is not nil.
+func writeWith(dir string, payload map[string]File, opts Options, w *Writer) (changed bool, err error) {
 	p, err := newPlan(payload)
 	if err != nil {
 		return false, fmt.Errorf("atomic write into %s: %w", dir, err)
@@ -166,12 +171,26 @@ func Write(dir string, payload map[string]File, opts Options) (changed bool, err
 	}
 	// Closing d releases the lock.
 
+	var key string
+	if w != nil {
+		key = filepath.Clean(dir)
+		if w.unchanged(key, d, p, opts.Owner) {
+			return false, nil
+		}
+	}
+
 	st, err := scan(dir, d)
 	if err != nil {
+		if w != nil {
+			w.Forget(key)
+		}
 		return false, err
 	}
 	for _, name := range p.top {
 		if e, ok := st.entries[name]; ok && !e {
+			if w != nil {
+				w.Forget(key)
+			}
 			return false, fmt.Errorf("atomic write into %s: %q: %w", dir, name, ErrConflict)
 		}
 	}
@@ -189,7 +208,20 @@ func Write(dir string, payload map[string]File, opts Options) (changed bool, err
 	sort.Strings(stale)
 
 	if isPlainName(st.current) && samePayload(filepath.Join(dir, st.current), p, opts.Owner) {
-		return repair(dir, d, st, missing, stale)
+		changed, err = repair(dir, d, st, missing, stale)
+		if w != nil {
+			if err == nil {
+				w.remember(key, d, p, opts.Owner, st.current)
+			} else {
+				w.Forget(key)
+			}
+		}
+		return changed, err
+	}
+	if w != nil {
+		// What was just written is too new for a snapshot to trust; the
+		// next Write compares it in full and takes one.
+		w.Forget(key)
 	}
 	return publish(dir, d, st, p, opts, missing, stale)
 }

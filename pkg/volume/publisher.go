@@ -48,6 +48,9 @@ type Publisher struct {
 	fetcher Fetcher
 	creds   CredentialSource
 	opts    Options
+	// writer remembers what each volume holds, so that a republish of
+	// unchanged files reads none of them back.
+	writer *atomicwriter.Writer
 }
 
 // NewPublisher returns a publisher that mounts with mounter (NewMounter on a
@@ -56,7 +59,7 @@ func NewPublisher(mounter mount.Interface, fetcher Fetcher, creds CredentialSour
 	if opts.TmpfsSize == "" {
 		opts.TmpfsSize = "32m"
 	}
-	return &Publisher{mounter: mounter, fetcher: fetcher, creds: creds, opts: opts}
+	return &Publisher{mounter: mounter, fetcher: fetcher, creds: creds, opts: opts, writer: atomicwriter.NewWriter()}
 }
 
 // Request is one volume to publish.
@@ -131,7 +134,7 @@ func (p *Publisher) Publish(ctx context.Context, req Request) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	res.Changed, err = atomicwriter.Write(req.TargetPath, payload, atomicwriter.Options{Owner: req.Owner})
+	res.Changed, err = p.writer.Write(req.TargetPath, payload, atomicwriter.Options{Owner: req.Owner})
 	if err != nil {
 		p.rollback(req.TargetPath, res.Mounted, created)
 		return nil, fmt.Errorf("write files to %s: %w", req.TargetPath, err)
@@ -169,7 +172,7 @@ func (p *Publisher) PublishFrom(ctx context.Context, target string, owner *atomi
 	for path, f := range files {
 		res.Files[path] = f.Data
 	}
-	res.Changed, err = atomicwriter.Write(target, files, atomicwriter.Options{Owner: owner})
+	res.Changed, err = p.writer.Write(target, files, atomicwriter.Options{Owner: owner})
 	if err != nil {
 		p.rollback(target, res.Mounted, created)
 		return nil, fmt.Errorf("write files to %s: %w", target, err)
@@ -213,6 +216,7 @@ func (p *Publisher) ensureMount(target string, owner *atomicwriter.Owner, res *R
 
 // rollback undoes what a failed publish did to target.
 func (p *Publisher) rollback(target string, mounted, created bool) {
+	p.writer.Forget(target)
 	if mounted {
 		if err := p.mounter.Unmount(target); err != nil {
 			klog.ErrorS(err, "rollback: unmount failed", "target", target)
@@ -230,6 +234,7 @@ func (p *Publisher) rollback(target string, mounted, created bool) {
 // idempotent, and needs no state from the publish: it works for volumes
 // published before a restart.
 func (p *Publisher) Unpublish(target string) error {
+	p.writer.Forget(target)
 	if err := mount.CleanupMountPoint(target, p.mounter, false); err != nil {
 		return fmt.Errorf("unpublish %s: %w", target, err)
 	}
