@@ -37,6 +37,7 @@ import (
 	"github.com/kvnode/kvnode/test/containerd"
 	"github.com/kvnode/kvnode/test/controlplane"
 	"github.com/kvnode/kvnode/test/images"
+	"github.com/kvnode/kvnode/test/netns"
 	"github.com/kvnode/kvnode/test/testenv"
 )
 
@@ -102,7 +103,7 @@ type Node struct {
 	mounted  []string   // node paths with their tmpfs, in mount order
 	made     []string   // directories made on the machine, outermost first
 	addrs    []string   // addresses put on lo
-	cgroups  map[string]bool
+	cgroups  netns.CgroupSet
 	mu       sync.Mutex // held while starting
 	stopOnce sync.Once
 	stopErr  error
@@ -122,7 +123,7 @@ func StartT(t testing.TB, opts Options) *Node {
 	if _, err := exec.LookPath("ip"); err != nil {
 		t.Skip("skipped: ip (iproute2) is not on PATH; make deps installs it")
 	}
-	n := &Node{Dir: t.TempDir(), cgroups: cgroupDirs()}
+	n := &Node{Dir: t.TempDir(), cgroups: netns.NodeCgroups()}
 	interrupted := make(chan os.Signal, 1)
 	signal.Notify(interrupted, syscall.SIGINT, syscall.SIGTERM)
 	stopped := make(chan struct{})
@@ -315,7 +316,7 @@ func (n *Node) stop() error {
 		_ = exec.Command("ip", "addr", "del", a+"/32", "dev", "lo").Run()
 	}
 	n.addrs = nil
-	if err := removeNewCgroups(n.cgroups); err != nil {
+	if err := n.cgroups.RemoveNew(); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
@@ -413,64 +414,4 @@ func Processes(s string) []int {
 		}
 	}
 	return pids
-}
-
-const cgroupRoot = "/sys/fs/cgroup"
-
-// cgroupDirs lists the cgroup directories directly under each hierarchy
-// (cgroup v1's controllers) and under the root (cgroup v2).
-func cgroupDirs() map[string]bool {
-	dirs := map[string]bool{}
-	for _, pattern := range []string{"*/*/", "*/"} {
-		matches, _ := filepath.Glob(filepath.Join(cgroupRoot, pattern))
-		for _, m := range matches {
-			dirs[filepath.Clean(m)] = true
-		}
-	}
-	return dirs
-}
-
-// The top-level cgroups the node's processes make: containerd's for
-// containers run in its k8s.io namespace, kubelet's for pods.
-var nodeCgroups = []string{"k8s.io", "kubepods", "kubepods.slice"}
-
-// removeNewCgroups removes the node's cgroups (nodeCgroups under each
-// hierarchy) that did not exist before, deepest first. A cgroup directory
-// holds only pseudo-files, so rmdir removes it once no process is in it.
-func removeNewCgroups(before map[string]bool) error {
-	var errs []error
-	for dir := range cgroupDirs() {
-		if before[dir] || !slices.Contains(nodeCgroups, filepath.Base(dir)) {
-			continue
-		}
-		if err := removeCgroup(dir); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	return errors.Join(errs...)
-}
-
-func removeCgroup(dir string) error {
-	entries, err := os.ReadDir(dir)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	for _, e := range entries {
-		if e.IsDir() {
-			if err := removeCgroup(filepath.Join(dir, e.Name())); err != nil {
-				return err
-			}
-		}
-	}
-	var err2 error
-	for range 50 { // processes may still be leaving it
-		if err2 = syscall.Rmdir(dir); err2 == nil || errors.Is(err2, syscall.ENOENT) {
-			return nil
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return fmt.Errorf("remove cgroup %s: %w", dir, err2)
 }

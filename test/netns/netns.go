@@ -14,7 +14,10 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
+	"strings"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -49,6 +52,13 @@ func command(env []string, cloneflags uintptr) (*exec.Cmd, error) {
 // Reexec runs Command(env) to completion and returns the new process's exit
 // code (-1 if a signal ended it). err is set only when the process could not
 // be run at all.
+//
+// SIGINT and SIGTERM sent to the caller are passed on to the new process,
+// and the caller waits for it, so that its tests can tear down what they
+// started. Once it has exited, any process still in its network namespace
+// (one its tests started and did not stop, or all of them after a test
+// binary's timeout panic) is killed; if there was any, Reexec says so on
+// standard error and, if the tests had passed, returns 1.
 func Reexec(env []string) (exitCode int, err error) {
 	cmd, err := Command(env)
 	if err != nil {
@@ -57,24 +67,74 @@ func Reexec(env []string) (exitCode int, err error) {
 	return run(cmd)
 }
 
-// ReexecNode is Reexec with NodeCommand.
+// ReexecNode is Reexec with NodeCommand. After the new process and what
+// is left in its namespace are gone, it also removes the node cgroups
+// (k8s.io, kubepods) that did not exist before.
 func ReexecNode(env []string) (exitCode int, err error) {
 	cmd, err := NodeCommand(env)
 	if err != nil {
 		return 0, err
 	}
-	return run(cmd)
+	before := NodeCgroups()
+	code, err := run(cmd)
+	if err != nil {
+		return code, err
+	}
+	if err := before.RemoveNew(); err != nil {
+		fmt.Fprintf(os.Stderr, "netns: cgroups left by the tests: %v\n", err)
+		if code == 0 {
+			code = 1
+		}
+	}
+	return code, nil
 }
 
 func run(cmd *exec.Cmd) (exitCode int, err error) {
-	if err := cmd.Run(); err != nil {
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			return ee.ExitCode(), nil
-		}
+	signals := make(chan os.Signal, 2)
+	signal.Notify(signals, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(signals)
+	if err := cmd.Start(); err != nil {
 		return 0, err
 	}
-	return 0, nil
+	// The child entered its namespace at clone(2), before it ran anything.
+	ns, nsErr := netnsOf(cmd.Process.Pid)
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case sig := <-signals:
+				_ = cmd.Process.Signal(sig)
+			case <-done:
+				return
+			}
+		}
+	}()
+	err = cmd.Wait()
+	close(done)
+	exitCode = 0
+	if err != nil {
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) {
+			return 0, err
+		}
+		exitCode = ee.ExitCode()
+	}
+	if nsErr != nil {
+		fmt.Fprintf(os.Stderr, "netns: cannot tell the tests' namespace, so nothing they left can be found: %v\n", nsErr)
+		return exitCode, nil
+	}
+	left, err := killNamespace(ns, 15*time.Second)
+	if len(left) > 0 || err != nil {
+		fmt.Fprintf(os.Stderr, "netns: %d processes outlived the tests in their network namespace and were killed: %s\n",
+			len(left), strings.Join(left, ", "))
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "netns: %v\n", err)
+		}
+		if exitCode == 0 {
+			exitCode = 1
+		}
+	}
+	return exitCode, nil
 }
 
 // PrivateMounts makes every mount of the calling process's (new) mount

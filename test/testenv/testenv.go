@@ -44,7 +44,8 @@ func Main(m *testing.M, programs ...string) {
 // test binary runs in a new mount namespace too, whose mounts are slaves of
 // the machine's, so that what the node mounts (kubelet's and containerd's
 // directories, pod volumes, container root filesystems) never shows on the
-// machine and goes when the tests end.
+// machine and goes when the tests end. The tests' TMPDIR is a directory of
+// their own, removed after them however they ended.
 func NodeMain(m *testing.M, programs ...string) {
 	main(m, true, programs)
 }
@@ -78,8 +79,27 @@ func main(m *testing.M, node bool, programs []string) {
 		fmt.Fprintf(os.Stderr, "testenv: %v\n", err)
 		os.Exit(2)
 	}
+	var tmp string
+	if node {
+		// The node's tests get a temporary directory of their own (short:
+		// containerd's sockets live below it), removed whatever way they
+		// end; an interrupted test never runs its cleanups.
+		if tmp, err = os.MkdirTemp("", "kvn-"); err != nil {
+			os.RemoveAll(dir)
+			fmt.Fprintf(os.Stderr, "testenv: %v\n", err)
+			os.Exit(2)
+		}
+		env = append(env, "TMPDIR="+tmp)
+	}
 	code := reexecInNetns(env, node)
 	os.RemoveAll(dir)
+	if tmp != "" {
+		// Mounts below it were made in the node's mount namespace, which
+		// is gone with its processes.
+		if err := os.RemoveAll(tmp); err != nil {
+			fmt.Fprintf(os.Stderr, "testenv: %v\n", err)
+		}
+	}
 	os.Exit(code)
 }
 
