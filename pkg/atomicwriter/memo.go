@@ -98,11 +98,10 @@ type dirMemo struct {
 	// sum identifies the payload: paths, modes, owner and bytes.
 	sum   uint64
 	files int
-	// payloadDir is what ..data pointed to.
-	payloadDir string
 	// inodes are the target directory first, then the payload directory,
-	// its subdirectories (p.dirs order) and files (p.files order), as
-	// paths relative to the target directory ("" for itself).
+	// its subdirectories (p.dirs order) and files (p.files order); paths
+	// are their full paths (the target directory's is unused: it is
+	// compared through the open descriptor).
 	paths  []string
 	inodes []inode
 }
@@ -166,7 +165,7 @@ func (w *Writer) unchanged(dir string, d *os.File, p *plan, owner *Owner) bool {
 		return false
 	}
 	for i := 1; i < len(s.paths); i++ {
-		if err := unix.Lstat(filepath.Join(dir, s.paths[i]), &st); err != nil || inodeOf(&st) != s.inodes[i] {
+		if err := unix.Lstat(s.paths[i], &st); err != nil || inodeOf(&st) != s.inodes[i] {
 			return false
 		}
 	}
@@ -177,7 +176,7 @@ func (w *Writer) unchanged(dir string, d *os.File, p *plan, owner *Owner) bool {
 // holds p in payloadDir. It keeps it only if every inode is old enough to
 // be trusted; otherwise it drops any older snapshot of dir.
 func (w *Writer) remember(dir string, d *os.File, p *plan, owner *Owner, payloadDir string) {
-	s := &dirMemo{sum: w.payloadSum(p, owner), files: len(p.files), payloadDir: payloadDir}
+	s := &dirMemo{sum: w.payloadSum(p, owner), files: len(p.files)}
 	n := 2 + len(p.dirs) + len(p.files)
 	s.paths = make([]string, 0, n)
 	s.inodes = make([]inode, 0, n)
@@ -190,13 +189,14 @@ func (w *Writer) remember(dir string, d *os.File, p *plan, owner *Owner, payload
 		if err := unix.Fstat(int(d.Fd()), &st); err != nil || !oldEnough(&st) {
 			return false
 		}
-		s.paths = append(s.paths, "")
+		s.paths = append(s.paths, dir)
 		s.inodes = append(s.inodes, inodeOf(&st))
 		add := func(rel string) bool {
-			if err := unix.Lstat(filepath.Join(dir, rel), &st); err != nil || !oldEnough(&st) {
+			path := filepath.Join(dir, rel)
+			if err := unix.Lstat(path, &st); err != nil || !oldEnough(&st) {
 				return false
 			}
-			s.paths = append(s.paths, rel)
+			s.paths = append(s.paths, path)
 			s.inodes = append(s.inodes, inodeOf(&st))
 			return true
 		}

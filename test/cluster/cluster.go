@@ -33,6 +33,7 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+	mount "k8s.io/mount-utils"
 
 	"github.com/kvnode/kvnode/test/containerd"
 	"github.com/kvnode/kvnode/test/controlplane"
@@ -327,41 +328,17 @@ func NodePaths() []string { return slices.Clone(nodePaths) }
 
 // Mounts lists the mount points in this mount namespace at or under dir.
 func Mounts(dir string) []string {
-	b, err := os.ReadFile("/proc/self/mountinfo")
+	infos, err := mount.ParseMountInfo("/proc/self/mountinfo")
 	if err != nil {
 		return nil
 	}
 	var out []string
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 5 {
-			continue
-		}
-		mp := unescapeMountPath(f[4])
-		if mp == dir || strings.HasPrefix(mp, strings.TrimSuffix(dir, "/")+"/") {
-			out = append(out, mp)
+	for _, m := range infos {
+		if m.MountPoint == dir || strings.HasPrefix(m.MountPoint, strings.TrimSuffix(dir, "/")+"/") {
+			out = append(out, m.MountPoint)
 		}
 	}
 	return out
-}
-
-// unescapeMountPath undoes mountinfo's octal escapes (\040 for a space).
-func unescapeMountPath(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // unmountUnder unmounts every mount at or under dir, deepest first.

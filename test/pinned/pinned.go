@@ -44,9 +44,6 @@ func Root() (string, error) {
 // Path returns $Env or, when it is unset, what hack/Script prints; the
 // script's progress goes to standard error.
 func (t Tool) Path() (string, error) {
-	if p := os.Getenv(t.Env); p != "" {
-		return p, nil
-	}
 	root, err := Root()
 	if err != nil {
 		return "", err
